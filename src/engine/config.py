@@ -1,0 +1,280 @@
+"""Configuration: loaded once at the entry point, validated, frozen.
+
+Sources, later ones winning: ``config/default.toml`` (every key documented there), an optional
+overlay file, then environment variables ``ENGINE_<SECTION>_<KEY>``. Unknown sections or keys and
+values of the wrong type are rejected with a ``ConfigError`` that names the key. Nothing below the
+entry point reads the environment; it receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+from engine.resources import REPO_ROOT, data_dir
+
+ENV_PREFIX = "ENGINE_"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    url: str
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str
+    sasl_password: str = field(repr=False)
+    ssl_cafile: str
+    ssl_certfile: str
+    ssl_keyfile: str
+    replication_factor: int
+    create_topics: bool
+
+    def kafka_python_options(self) -> dict[str, Any]:
+        """Security options in kafka-python's spelling (admin client, replay producer)."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            opts |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password,
+            }
+        if self.security_protocol.endswith("SSL"):
+            opts |= {k: v for k, v in (("ssl_cafile", self.ssl_cafile),
+                                       ("ssl_certfile", self.ssl_certfile),
+                                       ("ssl_keyfile", self.ssl_keyfile)) if v}
+        return opts
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    username: str
+    password: str = field(repr=False)
+    cluster: bool
+    ssl_ca_certs: str
+    namespace: str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    group_id: str
+    batch_max: int
+    batch_within_ms: float
+    fetch_max_wait_ms: int
+    producer_linger_ms: float
+    session_timeout_s: float
+    commit_interval_s: float
+    metrics_port: int
+    heartbeat_interval_s: float
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    max_event_bytes: int
+    max_future_skew_s: float
+    min_event_time: str
+
+    @property
+    def min_event_time_ms(self) -> int:
+        day = dt.date.fromisoformat(self.min_event_time)
+        return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str
+    port: int
+    worker_stale_after_s: float
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    run_dir: str
+    host: str
+    kafka_port: int
+    redis_port: int
+    api_port: int
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    datasets_dir: str
+    rees46_regions: tuple[str, ...]
+
+    @property
+    def datasets_path(self) -> Path:
+        path = Path(self.datasets_dir)
+        return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+@dataclass(frozen=True)
+class Region:
+    dc: str
+    lead_time_days: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings
+    redis: RedisSettings
+    worker: WorkerSettings
+    validation: ValidationSettings
+    api: ApiSettings
+    embedded: EmbeddedSettings
+    replay: ReplaySettings
+    regions: Mapping[str, Region]
+
+    def region(self, name: str) -> Region:
+        return self.regions.get(name) or self.regions["default"]
+
+    def with_urls(self, kafka_url: str, redis_url: str) -> Settings:
+        """A copy pointing at given servers (the embedded stack fills them in at start-up)."""
+        return dataclasses.replace(
+            self,
+            kafka=dataclasses.replace(self.kafka, url=kafka_url),
+            redis=dataclasses.replace(self.redis, url=redis_url),
+        )
+
+
+_SECTIONS: dict[str, type] = {
+    "kafka": KafkaSettings,
+    "redis": RedisSettings,
+    "worker": WorkerSettings,
+    "validation": ValidationSettings,
+    "api": ApiSettings,
+    "embedded": EmbeddedSettings,
+    "replay": ReplaySettings,
+}
+
+
+def load_settings(
+    overlay: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge default.toml, the overlay file and ``environ``; validate; freeze."""
+    raw = _read_toml(data_dir("config") / "default.toml")
+    if overlay is not None:
+        _merge(raw, _read_toml(overlay), source=str(overlay))
+    if environ:
+        _merge(raw, _from_environment(environ, raw), source="environment")
+    return _build(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any], source: str) -> None:
+    for section, values in extra.items():
+        if section not in base:
+            raise ConfigError(f"unknown configuration section [{section}] in {source}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{section}] in {source} must be a table")
+        if section != "regions":
+            unknown = set(values) - set(base[section])
+            if unknown:
+                raise ConfigError(f"unknown key {section}.{sorted(unknown)[0]} in {source}")
+        base[section].update(values)
+
+
+def _from_environment(environ: Mapping[str, str], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """ENGINE_KAFKA_SASL_USERNAME -> kafka.sasl_username (section names have no underscore)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("ENGINE_CONFIG", "ENGINE_HOME"):
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in raw or section == "regions" or not key:
+            raise ConfigError(f"environment variable {name} names no configuration key")
+        out.setdefault(section, {})[key] = _parse_env_value(text, raw[section].get(key))
+    return out
+
+
+def _parse_env_value(text: str, default: Any) -> Any:
+    if isinstance(default, str):
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(raw: Mapping[str, Any]) -> Settings:
+    built = {name: _build_section(name, cls, raw[name]) for name, cls in _SECTIONS.items()}
+    regions = {}
+    for name, spec in raw["regions"].items():
+        if not isinstance(spec, Mapping) or "dc" not in spec:
+            raise ConfigError(f"regions.{name} must be a table with dc and lead_time_days")
+        regions[name] = Region(dc=str(spec["dc"]), lead_time_days=float(spec["lead_time_days"]))
+    if "default" not in regions:
+        raise ConfigError("regions.default is required (used for unlisted regions)")
+    settings = Settings(**built, regions=regions)
+    _check(settings)
+    return settings
+
+
+def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in values:
+            raise ConfigError(f"missing configuration key {name}.{f.name}")
+        kwargs[f.name] = _coerce(f"{name}.{f.name}", values[f.name], str(f.type))
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, type_name: str) -> Any:
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if type_name in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if type_name == "int" and value != int(value):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value) if type_name == "int" else float(value)
+    if type_name.startswith("tuple"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _check(s: Settings) -> None:
+    protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+    if s.kafka.security_protocol not in protocols:
+        raise ConfigError(f"kafka.security_protocol must be one of {protocols}")
+    if s.kafka.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ConfigError("kafka.sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    if s.redis.url and not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis.url must start with redis://, rediss:// or unix://: {s.redis.url!r}")
+    positive = {
+        "worker.batch_max": s.worker.batch_max,
+        "worker.fetch_max_wait_ms": s.worker.fetch_max_wait_ms,
+        "worker.session_timeout_s": s.worker.session_timeout_s,
+        "validation.max_event_bytes": s.validation.max_event_bytes,
+        "validation.max_future_skew_s": s.validation.max_future_skew_s,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if not s.redis.namespace or any(c in s.redis.namespace for c in "{} "):
+        raise ConfigError(f"redis.namespace must be non-empty without braces or spaces: "
+                          f"{s.redis.namespace!r}")
+    try:
+        s.validation.min_event_time_ms  # noqa: B018 - parse once to fail early
+    except ValueError:
+        raise ConfigError(f"validation.min_event_time must be an ISO date: "
+                          f"{s.validation.min_event_time!r}") from None
