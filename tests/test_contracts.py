@@ -66,7 +66,8 @@ def test_invalid_examples_rejected_with_reason(topic: str, case: dict) -> None:
     (b'"just a string"', "not_an_object"),
     (b"[" * 5000 + b"]" * 5000, "malformed_json"),  # orjson's depth limit
     (b'{"a":' * 3000 + b"1" + b"}" * 3000, "malformed_json"),
-    (b'{"a":' * 100 + b"1" + b"}" * 100, "unknown_field"),
+    (b'{"event_id":"e","event_type":"view","event_time_ms":1,"user_id":"u","item_id":"i","a":'
+     + b'{"a":' * 100 + b"1" + b"}" * 101, "unknown_field"),
 ])
 def test_hostile_bytes_rejected(raw: bytes, reason: str) -> None:
     result = VALIDATOR.check("clicks", raw, RECORD_TS)
