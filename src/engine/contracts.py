@@ -84,7 +84,7 @@ class Catalogue:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ContractError(f"schema {path} for topic {topic!r} unreadable: {exc}") from None
 
-    def creation_plan(self, replication_factor: int = 1) -> list[tuple[str, int, dict[str, str]]]:
+    def creation_plan(self) -> list[tuple[str, int, dict[str, str]]]:
         """(name, partitions, config) for every topic including the dead-letter topics."""
         plan = [(t.name, t.partitions, t.kafka_config()) for t in self.topics.values()]
         dlq_config = {"cleanup.policy": "delete", "retention.ms": str(self.dlq_retention_ms)}

@@ -1,0 +1,179 @@
+"""The ``engine`` command: the one place that reads the environment and wires things together.
+
+Exit codes: 0 success, 1 the work ran but failed (for example the demo saw events go missing),
+2 the engine could not start (configuration, missing binary, port in use, unreachable server),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from engine.config import Settings, load_settings
+from engine.contracts import Catalogue, load_catalogue
+from engine.errors import EngineError
+
+log = logging.getLogger("engine")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overlay = args.config or os.environ.get("ENGINE_CONFIG")
+        settings = load_settings(Path(overlay) if overlay else None, os.environ)
+        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+        return handler(args, settings)
+    except EngineError as exc:
+        print(f"engine: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine", description="Streaming decision engine for e-commerce "
+        "(recommendations, anticipatory stocking, prices) on Kafka and Redis.")
+    parser.add_argument("--config", help="TOML file merged over config/default.toml "
+                        "(default: $ENGINE_CONFIG)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="start the embedded stack, replay real data, print a "
+                          "summary, stop")
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.add_argument("--sources", default="rees46,online_retail,competitor_prices",
+                      help="comma-separated data sets to replay (rees46, online_retail, "
+                      "competitor_prices, hammer)")
+    demo.add_argument("--limit", type=int, default=None, help="events per data set at most")
+    demo.add_argument("--no-invalid", action="store_true",
+                      help="do not add the contracts' invalid examples to the replay")
+    demo.set_defaults(handler=_demo)
+
+    up = sub.add_parser("up", help="start broker, Redis, worker and API on this machine until "
+                        "Ctrl-C")
+    up.set_defaults(handler=_up)
+
+    worker = sub.add_parser("worker", help="run a Faust worker against kafka.url / redis.url")
+    worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info",
+                                                               "debug"], help="Faust log level")
+    worker.set_defaults(handler=_worker)
+
+    api = sub.add_parser("api", help="run the HTTP API against kafka.url / redis.url")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+    api.set_defaults(handler=_api)
+
+    replay = sub.add_parser("replay", help="publish real data sets to the input topics in "
+                            "event-time order")
+    replay.add_argument("--sources", default="rees46,online_retail,competitor_prices")
+    replay.add_argument("--limit", type=int, default=None, help="events per data set at most")
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="events per second (open loop)")
+    pace.add_argument("--speedup", type=float, help="event-time speed-up factor")
+    replay.add_argument("--no-catalog", action="store_true",
+                        help="do not publish the derived catalogue first")
+    replay.set_defaults(handler=_replay)
+
+    topics = sub.add_parser("topics", help="create the catalogue's topics (idempotent)")
+    topics.set_defaults(handler=_topics)
+    return parser
+
+
+def _require_urls(settings: Settings) -> None:
+    if not settings.kafka.url:
+        raise EngineError("kafka.url is not set (ENGINE_KAFKA_URL); use `engine up` for the "
+                          "embedded stack")
+    if not settings.redis.url:
+        raise EngineError("redis.url is not set (ENGINE_REDIS_URL); use `engine up` for the "
+                          "embedded stack")
+
+
+def _create_topics(settings: Settings, catalogue: Catalogue) -> None:
+    from engine.embedded.topics import create_topics
+
+    create_topics(settings.kafka.url, catalogue.creation_plan(),
+                  settings.kafka.kafka_python_options(),
+                  replication_factor=settings.kafka.replication_factor)
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    _require_urls(settings)
+    catalogue = load_catalogue()
+    _create_topics(settings, catalogue)
+    for name, partitions, _ in catalogue.creation_plan():
+        print(f"{name}\t{partitions} partitions")
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from engine.worker.app import Worker
+
+    _require_urls(settings)
+    catalogue = load_catalogue()
+    if settings.kafka.create_topics:
+        _create_topics(settings, catalogue)
+    if settings.worker.metrics_port >= 0:
+        server, _ = start_http_server(settings.worker.metrics_port, addr=settings.api.host)
+        log.warning("worker metrics on http://%s:%d/metrics", settings.api.host,
+                    server.server_port)
+    worker = Worker(settings, catalogue)
+    faust.Worker(worker.app, loglevel=args.loglevel, quiet=True,
+                 redirect_stdouts=False).execute_from_commandline()
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from engine.api.app import create_api
+
+    _require_urls(settings)
+    uvicorn.run(create_api(settings, load_catalogue()), host=args.host or settings.api.host,
+                port=args.port if args.port is not None else settings.api.port,
+                log_level="warning", access_log=False)
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.replay.run import replay_datasets
+
+    _require_urls(settings)
+    stats = replay_datasets(settings, _split(args.sources), limit=args.limit, rate=args.rate,
+                            speedup=args.speedup, catalog=not args.no_catalog)
+    print(f"published {stats.total} events in {stats.elapsed_s:.1f} s "
+          f"({stats.events_per_s:,.0f}/s); failed {stats.failed}", file=sys.stderr)
+    return 0 if stats.failed == 0 else 1
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.stack import run_up
+
+    return run_up(settings)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(settings, _split(args.sources), limit=args.limit, as_json=args.json,
+                    with_invalid=not args.no_invalid)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Prometheus metrics of the worker and the API (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Fine buckets where the latency targets are (1-50 ms), coarse beyond.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS = Counter("engine_events_total", "Input records by topic and outcome",
+                 ["topic", "outcome"])  # outcome: applied | duplicate | dead_lettered
+DEAD_LETTERS = Counter("engine_dead_letters_total", "Records sent to the DLQ by reason",
+                       ["topic", "reason"])
+STAGE = Histogram("engine_stage_seconds", "Time per batch in each processing stage",
+                  ["stage"], buckets=_LATENCY_BUCKETS)
+EVENT_TO_STATE = Histogram("engine_event_to_state_seconds",
+                           "From the record's timestamp to its state being written to Redis",
+                           ["topic"], buckets=_LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("engine_batch_size", "Records per processed batch",
+                       buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+REDIS_ERRORS = Counter("engine_redis_errors_total", "Redis calls that failed and were retried")
+BROKER_ERRORS = Counter("engine_broker_errors_total", "Failed sends to the broker", ["topic"])
+LAG = Gauge("engine_consumer_lag", "Records in the partition not yet applied to state",
+            ["topic", "partition"])
+ASSIGNED = Gauge("engine_assigned_partitions", "Input partitions assigned to this worker")

@@ -1,0 +1,182 @@
+"""The Faust application: one thin agent per input topic around the BatchProcessor.
+
+Faust is tuned for latency here: its aiokafka driver hard-codes ``fetch_max_wait_ms=1500``, which
+on brokers that hold every fetch that long makes each event wait about a second; the transport
+subclasses below pass ``worker.fetch_max_wait_ms`` instead. State lives only in Redis (no Faust
+tables, no changelog topics), the web server with its table and router views is off, and topics
+come from the catalogue rather than Faust's auto-declaration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.helpers import create_ssl_context
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from engine import metrics
+from engine.config import KafkaSettings, Settings
+from engine.contracts import Catalogue, Rejection, Validator
+from engine.store import StateStore
+from engine.worker.processor import BatchProcessor, RawRecord
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
+    fetch_wait = settings.worker.fetch_max_wait_ms
+
+    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_wait  # read when its fetcher starts
+            return consumer
+
+    class TunedConsumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(faust_aiokafka.Transport):
+        Consumer = TunedConsumer
+
+    class App(faust.App):
+        def _new_transport(self) -> Any:
+            return Transport(self.conf.broker_consumer, self)
+
+    w = settings.worker
+    return App(
+        w.group_id,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka.url.split(",")],
+        broker_credentials=faust_credentials(settings.kafka),
+        web_enabled=False,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        producer_linger=w.producer_linger_ms / 1000.0,
+        producer_acks=-1,
+        broker_session_timeout=w.session_timeout_s,
+        broker_heartbeat_interval=max(w.session_timeout_s / 5.0, 0.5),
+        broker_commit_interval=w.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        topic_partitions=max(t.partitions for t in catalogue.inputs),
+        table_standby_replicas=0,
+        datadir=os.path.join(tempfile.gettempdir(), f"engine-faust-{w.group_id}"),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def faust_credentials(k: KafkaSettings) -> Any:
+    ssl_context = None
+    if k.security_protocol.endswith("SSL"):
+        ssl_context = create_ssl_context(cafile=k.ssl_cafile or None,
+                                         certfile=k.ssl_certfile or None,
+                                         keyfile=k.ssl_keyfile or None)
+    if k.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
+                                     mechanism=k.sasl_mechanism, ssl_context=ssl_context)
+    return faust.SSLCredentials(ssl_context) if ssl_context else None
+
+
+class Worker:
+    """Wires settings, catalogue, Redis and the Faust app; owns the worker's timers."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.started_ms = int(time.time() * 1000)
+        self.app = build_app(settings, catalogue)
+        self.store = StateStore.open(settings.redis)
+        self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
+                                        self._dead_letter)
+        self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in catalogue.inputs}
+        self._inputs = {t.name: self.app.topic(t.name, partitions=t.partitions)
+                        for t in catalogue.inputs}
+        for name, topic in self._inputs.items():
+            self._add_agent(name, topic)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
+        self.app.timer(settings.worker.heartbeat_interval_s)(self._heartbeat)
+        self.app.timer(1.0)(self._flush_latency)
+
+    def _add_agent(self, name: str, topic: faust.TopicT) -> None:
+        w = self.settings.worker
+        processor = self.processor
+
+        async def consume(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(w.batch_max, within=w.batch_within_ms / 1000):
+                records = [RawRecord(e.message.partition, e.message.offset,
+                                     int(e.message.timestamp * 1000), e.message.key,
+                                     e.message.value) for e in events]
+                await processor.process(name, records)
+
+        consume.__name__ = f"apply_{name.replace('-', '_')}"
+        self.app.agent(topic, name=f"engine.apply.{name}", concurrency=1)(consume)
+
+    async def _dead_letter(self, topic: str, record: RawRecord, rejection: Rejection
+                           ) -> Awaitable[object]:
+        headers = [
+            ("dlq.reason", rejection.reason.encode()),
+            ("dlq.detail", rejection.detail.encode("utf-8", "replace")),
+            ("dlq.topic", topic.encode()),
+            ("dlq.partition", str(record.partition).encode()),
+            ("dlq.offset", str(record.offset).encode()),
+            ("dlq.timestamp", str(record.timestamp_ms).encode()),
+        ]
+        try:
+            return await self._dlq[topic].send(key=record.key, value=record.value or b"",
+                                               headers=headers, force=True)
+        except Exception:
+            metrics.BROKER_ERRORS.labels(self.catalogue.dlq(topic)).inc()
+            raise
+
+    async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
+        mine = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self._inputs]
+        await self.processor.load_watermarks(mine)
+        metrics.ASSIGNED.set(len(mine))
+        log.info("assigned %d input partitions; watermarks %s", len(mine),
+                 {f"{t}:{p}": self.processor.watermarks[(t, p)] for t, p in sorted(mine)})
+        await self._heartbeat()
+
+    def _assigned(self) -> list[tuple[str, int]]:
+        consumer = self.app.consumer
+        return sorted((tp.topic, tp.partition) for tp in consumer.assignment()
+                      if tp.topic in self._inputs)
+
+    async def _heartbeat(self) -> None:
+        assigned = self._assigned()
+        for topic, partition in assigned:
+            high = self.app.consumer.highwater(TP(topic, partition))
+            applied = self.processor.watermarks.get((topic, partition), -1)
+            if high is not None:
+                metrics.LAG.labels(topic, str(partition)).set(max(high - 1 - applied, 0))
+        beat = {"pid": os.getpid(), "host": socket.gethostname(), "started_ms": self.started_ms,
+                "heartbeat_ms": int(time.time() * 1000),
+                "assigned": [f"{t}:{p}" for t, p in assigned]}
+        await self.store.client.hset(self.store.key("workers"), self.id, orjson.dumps(beat))
+
+    async def _flush_latency(self) -> None:
+        counts = self.processor.latency.drain()
+        if counts:
+            key = self.store.key("metrics:event_to_state")
+            pipe = self.store.client.pipeline(transaction=False)
+            for bucket, n in counts.items():
+                pipe.hincrby(key, str(bucket), n)
+            await pipe.execute()
+
+    async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
+        self.processor.stopping = True
+        await self._flush_latency()
+        await self.store.client.hdel(self.store.key("workers"), self.id)
+        await self.store.close()
