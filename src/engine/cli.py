@@ -161,7 +161,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from engine.stack import run_up
 
-    return run_up(settings)
+    return run_up(settings, os.environ)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -57,6 +57,11 @@ DERIVED_FIELDS: dict[str, str] = {
     "currency (rees46)": "USD, assumed: REES46 states no currency",
     "currency (competitor_prices)": "BRL, assumed: the Kaggle set is derived from the "
                                     "Brazilian Olist data; its currency is not stated",
+    "region (online_retail)": "the Country slugged: lower case, spaces -> hyphens "
+                              "('United Kingdom' -> 'united-kingdom')",
+    "event_time_ms (online_retail)": "InvoiceDate read as UTC: the data set gives no time zone",
+    "event_time_ms (competitor_prices)": "first day of month_year, 00:00 UTC: the data are "
+                                         "monthly",
     "orders.order_id (rees46)": "rees46-{user_session}-{product_id}-{event_time_ms}: one "
                                 "order per purchase row, REES46 has no order ids",
     "carts.quantity, orders.lines.quantity (rees46)": "1: REES46 records no quantities",

@@ -37,11 +37,11 @@ from engine.errors import ReplayError
 #: Currency of each data set. REES46 and Kaggle do not state one: see ``CURRENCY_NOTES``.
 CURRENCY = {"rees46": "USD", "online_retail": "GBP", "competitor_prices": "BRL", "hammer": "CAD"}
 CURRENCY_NOTES = {
-    "rees46": "assumed: the data set states no currency; its prices look like US dollars",
+    "rees46": "assumed: the data set states no currency",
     "online_retail": "stated by UCI: a UK retailer invoicing in pounds sterling",
-    "competitor_prices": "assumed: the Kaggle set is derived from the Brazilian Olist data "
-                         "(its category names are Olist's), which is in reais",
-    "hammer": "stated by Project Hammer: Canadian grocers' shelf prices",
+    "competitor_prices": "assumed: the Kaggle set states no currency; it appears derived from "
+                         "the Brazilian Olist data (its category names are Olist's), in reais",
+    "hammer": "Project Hammer records shelf prices at Canadian grocers",
 }
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -72,7 +72,7 @@ def require_file(path: Path | str) -> Path:
 def read_csv(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, tuple[str, ...]]]:
     """Yield (1-based data row number, values of ``columns`` in that order) for every row.
 
-    ``csv.reader`` with an ``itemgetter`` is about three times faster than ``DictReader``, which
+    ``csv.reader`` with an ``itemgetter`` is several times faster than ``DictReader``, which
     matters for the 488 k Hammer rows. Read errors become ReplayError naming file and line.
     """
     opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
@@ -85,6 +85,8 @@ def read_csv(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, tuple[st
                 raise ReplayError(f"{path}: missing column(s) {', '.join(missing)}")
             pick = itemgetter(*(header.index(c) for c in columns))
             for number, row in enumerate(reader, start=1):
+                if not row:
+                    continue
                 if len(row) != len(header):
                     raise ReplayError(f"{path}: data row {number} has {len(row)} cells, "
                                       f"the header {len(header)}")
@@ -217,7 +219,7 @@ def region_slug(country: str) -> str:
 
 
 def customer_id(text: str) -> str | None:
-    """``17850.0`` -> ``17850`` (pandas exported the id as a float); empty -> None (guest)."""
+    """``17850.0`` -> ``17850`` (the file stores the id as a float); empty -> None (guest)."""
     text = text.strip()
     return text.removesuffix(".0") or None
 

@@ -1,0 +1,160 @@
+"""The HTTP API: health, readiness, metrics, OpenAPI, and read views of live state.
+
+Decision endpoints (recommendations, prices, stocking) join with their issues. Every error is a
+JSON body with a message and a 4xx/5xx status; no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.exceptions
+from aiokafka import AIOKafkaClient
+from fastapi import FastAPI, Path, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from engine import __version__, views
+from engine.api.docs import DOCS_HTML
+from engine.config import Settings
+from engine.contracts import Catalogue
+from engine.kafka_client import aiokafka_options
+from engine.store import StateStore
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("engine_api_requests_total", "HTTP requests", ["route", "status"])
+REQUEST_SECONDS = Histogram("engine_api_request_seconds", "HTTP request latency", ["route"],
+                            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+STATE_EVENTS = Gauge("engine_state_events", "Records applied to Redis state, all workers",
+                     ["topic", "outcome"])
+STATE_DLQ = Gauge("engine_state_dead_letters", "Dead-lettered records by reason, all workers",
+                  ["topic", "reason"])
+LIVE_WORKERS = Gauge("engine_live_workers", "Workers with a fresh heartbeat")
+
+ItemId = Path(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")
+
+
+class BrokerProbe:
+    """Checks the broker answers a metadata request; results are cached for a second."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._options = aiokafka_options(settings.kafka)
+        self._cached: tuple[float, dict[str, Any]] | None = None
+
+    async def check(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._cached and now - self._cached[0] < 1.0:
+            return self._cached[1]
+        started = time.perf_counter()
+        client = AIOKafkaClient(**self._options, request_timeout_ms=2000,
+                                metadata_max_age_ms=1000)
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout=3.0)
+            result = {"ok": True, "brokers": len(client.cluster.brokers()),
+                      "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        except Exception as exc:  # any failure to reach the broker means "not ready"
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
+        finally:
+            await client.close()
+        self._cached = (now, result)
+        return result
+
+
+def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
+    store = StateStore.open(settings.redis)
+    probe = BrokerProbe(settings)
+    expected = {f"{t.name}:{p}" for t in catalogue.inputs for p in range(t.partitions)}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await store.close()
+
+    app = FastAPI(title="Streaming decision engine", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
+                  description="Live e-commerce decisions (recommendations, stocking, prices) "
+                  "computed from Kafka streams with state in Redis.")
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        REQUESTS.labels(name, str(response.status_code)).inc()
+        REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        log.warning("Redis error serving %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": "state store unavailable, retry shortly"}, 503)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process is serving")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["operations"],
+             summary="Readiness: broker and Redis answer, and live workers cover every input "
+             "partition", responses={503: {"description": "not ready; the body says why"}})
+    async def readyz() -> JSONResponse:
+        checks: dict[str, Any] = {"broker": await probe.check()}
+        try:
+            started = time.perf_counter()
+            await store.client.ping()
+            checks["redis"] = {"ok": True,
+                               "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+            workers = await views.live_workers(store, settings.api.worker_stale_after_s)
+            covered = {tp for w in workers for tp in w["assigned"]}
+            missing = sorted(expected - covered)
+            checks["workers"] = {"ok": bool(workers) and not missing, "live": len(workers),
+                                 "unassigned_partitions": missing}
+        except redis.exceptions.RedisError as exc:
+            checks["redis"] = {"ok": False, "error": str(exc)[:200]}
+            checks["workers"] = {"ok": False, "error": "unknown while Redis is down"}
+        ready = all(c["ok"] for c in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=Response)
+    async def metrics() -> Response:
+        try:
+            stats = await views.pipeline_stats(store, catalogue)
+            for topic, t in stats["topics"].items():
+                STATE_EVENTS.labels(topic, "valid").set(t["valid"])
+                STATE_EVENTS.labels(topic, "dead_lettered").set(t["dead_lettered"])
+                for reason, n in t["dlq"].items():
+                    STATE_DLQ.labels(topic, reason).set(n)
+            workers = await views.live_workers(store, settings.api.worker_stale_after_s)
+            LIVE_WORKERS.set(len(workers))
+        except redis.exceptions.RedisError as exc:
+            log.warning("metrics without state figures: %s", exc)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/stats", tags=["state"],
+             summary="Events applied and dead-lettered per topic, by reason; event-to-state "
+             "latency percentiles (ms); live workers")
+    async def stats() -> dict[str, Any]:
+        summary = await views.pipeline_stats(store, catalogue)
+        histogram = await views.event_to_state_latency(store)
+        summary["event_to_state_ms"] = {"count": histogram.total, **histogram.summary()}
+        summary["workers"] = await views.live_workers(store, settings.api.worker_stale_after_s)
+        return summary
+
+    @app.get("/v1/items/{item_id}/activity", tags=["state"],
+             summary="Live activity counters, catalogue data, competitor prices and stock of an "
+             "item")
+    async def item_activity(item_id: str = ItemId) -> dict[str, Any]:
+        return await views.item_activity(store, catalogue, item_id)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_HTML)
+
+    return app

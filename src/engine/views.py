@@ -1,0 +1,83 @@
+"""Read-side views over Redis state, shared by the HTTP API and the demo summary.
+
+Shards are merged here (see store.py): counters add up across the partitions of a topic.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from engine.contracts import Catalogue
+from engine.latency import LatencyHistogram
+from engine.store import StateStore
+
+
+async def pipeline_stats(store: StateStore, catalogue: Catalogue) -> dict[str, Any]:
+    """Per input topic: events applied, dead-lettered (by reason) and the applied offsets."""
+    topics: dict[str, Any] = {}
+    dlq_total: dict[str, int] = {}
+    for spec in catalogue.inputs:
+        stats = await store.merged_counts(spec.name, spec.partitions, "stats")
+        dlq = await store.merged_counts(spec.name, spec.partitions, "dlq")
+        marks = [await store.watermark(spec.name, p) for p in range(spec.partitions)]
+        topics[spec.name] = {
+            "valid": int(stats.get("valid", 0)),
+            "dead_lettered": int(stats.get("dead_lettered", 0)),
+            "dlq": {reason: int(n) for reason, n in sorted(dlq.items())},
+            "watermarks": marks,
+        }
+        for reason, n in dlq.items():
+            dlq_total[reason] = dlq_total.get(reason, 0) + int(n)
+    return {
+        "events_in": sum(t["valid"] + t["dead_lettered"] for t in topics.values()),
+        "valid": sum(t["valid"] for t in topics.values()),
+        "dead_lettered": sum(t["dead_lettered"] for t in topics.values()),
+        "dlq": dict(sorted(dlq_total.items())),
+        "topics": topics,
+    }
+
+
+async def event_to_state_latency(store: StateStore) -> LatencyHistogram:
+    """The workers' shared histogram of record timestamp -> state written (milliseconds)."""
+    fields = await store.client.hgetall(store.key("metrics:event_to_state"))
+    return LatencyHistogram.from_fields(fields)
+
+
+async def live_workers(store: StateStore, stale_after_s: float) -> list[dict[str, Any]]:
+    now_ms = time.time() * 1000
+    beats = await store.client.hgetall(store.key("workers"))
+    workers = []
+    for worker_id, raw in beats.items():
+        beat = orjson.loads(raw)
+        if now_ms - beat["heartbeat_ms"] <= stale_after_s * 1000:
+            workers.append({"id": worker_id, **beat})
+    return workers
+
+
+async def item_activity(store: StateStore, catalogue: Catalogue, item_id: str
+                        ) -> dict[str, Any]:
+    """Everything the engine knows about one item, merged across shards."""
+    def parts(topic: str) -> int:
+        return catalogue.topics[topic].partitions
+
+    counts: dict[str, float] = {}
+    for topic in ("clicks", "carts", "orders"):
+        for field, value in (await store.merged_counts(topic, parts(topic),
+                                                       f"item:{item_id}")).items():
+            counts[field] = counts.get(field, 0.0) + value
+    meta = await store.merged_latest("catalog", parts("catalog"), f"meta:{item_id}")
+    competitors = await store.merged_latest("competitor-prices", parts("competitor-prices"),
+                                            f"comp:{item_id}")
+    stock = await store.merged_latest("inventory", parts("inventory"), f"inv:{item_id}")
+    competitors.pop("_seen_ms", None)
+    return {
+        "item_id": item_id,
+        "counts": {k: (int(v) if float(v).is_integer() else round(v, 2))
+                   for k, v in sorted(counts.items())},
+        "catalog": meta,
+        "competitor_prices": {k: float(v) for k, v in sorted(competitors.items())},
+        "inventory": {k: int(v) for k, v in sorted(stock.items())},
+    }
