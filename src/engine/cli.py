@@ -168,7 +168,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from engine.demo import run_demo
 
     return run_demo(settings, _split(args.sources), limit=args.limit, as_json=args.json,
-                    with_invalid=not args.no_invalid)
+                    with_invalid=not args.no_invalid, base_env=os.environ)
 
 
 def _split(text: str) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,10 +118,12 @@ def _send(producer: KafkaProducer, record: Record, failures: _Failures) -> None:
 
 def publish(records: Iterable[Record], *, bootstrap: str, kafka_options: dict[str, Any],
             rate: float | None = None, speedup: float | None = None, max_gap_s: float = 2.0,
-            progress: bool = True, total: int | None = None) -> ReplayStats:
+            progress: bool = True, total: int | None = None,
+            should_stop: Callable[[], bool] | None = None) -> ReplayStats:
     """Send ``records`` in order, paced as asked, flush, and report what happened.
 
     ``kafka_options`` carries security settings (and may override ``PRODUCER_DEFAULTS``).
+    ``should_stop`` is polled before each send (Ctrl-C under a Supervisor sets a flag only).
     Raises ReplayError when the broker is unreachable, a topic cannot be written or a data
     file is missing; a delivery the broker refuses is counted in ``failed`` instead.
     """
@@ -133,6 +135,8 @@ def publish(records: Iterable[Record], *, bootstrap: str, kafka_options: dict[st
     start = time.monotonic()
     try:
         for record in records:
+            if should_stop is not None and should_stop():
+                break
             delay = start + pacer.due_s(record.event_time_ms) - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
