@@ -163,6 +163,7 @@ class Worker:
                 metrics.LAG.labels(topic, str(partition)).set(max(high - 1 - applied, 0))
         beat = {"pid": os.getpid(), "host": socket.gethostname(), "started_ms": self.started_ms,
                 "heartbeat_ms": int(time.time() * 1000),
+                "applied": self.processor.applied, "duplicates": self.processor.duplicates,
                 "assigned": [f"{t}:{p}" for t, p in assigned]}
         await self.store.client.hset(self.store.key("workers"), self.id, orjson.dumps(beat))
 

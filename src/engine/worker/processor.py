@@ -54,6 +54,9 @@ class BatchProcessor:
         self.clock = clock
         self.latency = LatencyHistogram()
         self.watermarks: dict[tuple[str, int], int] = {}
+        #: Since start: records applied, and re-deliveries skipped by the watermark.
+        self.applied = 0
+        self.duplicates = 0
         self.stopping = False
 
     async def load_watermarks(self, partitions: Sequence[tuple[str, int]]) -> None:
@@ -69,6 +72,7 @@ class BatchProcessor:
         for record in records:
             if record.offset <= self.watermarks.get((topic, record.partition), -1):
                 metrics.EVENTS.labels(topic, "duplicate").inc()
+                self.duplicates += 1
                 continue
             result = self.validator.check(topic, record.value, record.timestamp_ms)
             if isinstance(result, Rejection):
@@ -85,16 +89,19 @@ class BatchProcessor:
             await asyncio.gather(*letters)
             metrics.STAGE.labels("dlq_publish").observe(time.perf_counter() - validated)
         applied_at = time.perf_counter()
+        skipped = 0
         for partition, batch in slices.items():
             result = await self._apply(topic, partition, batch)
             self.watermarks[(topic, partition)] = result.watermark
             if result.skipped:
                 metrics.EVENTS.labels(topic, "duplicate").inc(result.skipped)
+                self.duplicates += result.skipped
+                skipped += result.skipped
         metrics.STAGE.labels("redis_apply").observe(time.perf_counter() - applied_at)
         metrics.BATCH_SIZE.observe(len(records))
-        self._account(topic, fresh)
+        self._account(topic, fresh, skipped)
 
-    def _account(self, topic: str, fresh: Sequence[RawRecord]) -> None:
+    def _account(self, topic: str, fresh: Sequence[RawRecord], skipped: int) -> None:
         now_ms = self.clock() * 1000.0
         observe = metrics.EVENT_TO_STATE.labels(topic).observe
         ok = metrics.EVENTS.labels(topic, "applied")
@@ -102,7 +109,8 @@ class BatchProcessor:
             lag_ms = max(now_ms - record.timestamp_ms, 0.0)
             self.latency.record(lag_ms)
             observe(lag_ms / 1000.0)
-        ok.inc(len(fresh))
+        ok.inc(len(fresh) - skipped)
+        self.applied += len(fresh) - skipped
 
     async def _apply(self, topic: str, partition: int, batch: list[tuple[int, list[Op]]]):
         delay = 0.05

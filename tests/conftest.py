@@ -1,0 +1,121 @@
+"""Real infrastructure, started once per test session: a Tansu broker, a Valkey server, and one
+engine worker process in its consumer group (joining takes seconds, so tests share it).
+
+Tests that need their own worker lifecycle (crash and restart) start their own broker and Redis,
+which cost a fraction of a second each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from engine.config import Settings, load_settings
+from engine.contracts import Catalogue, load_catalogue
+from engine.embedded import ManagedProcess, create_topics, start_broker, start_redis
+
+WORKER_JOIN_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="session")
+def catalogue() -> Catalogue:
+    return load_catalogue()
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(kafka bootstrap, redis url) of a broker and a Redis shared by the session."""
+    run_dir = tmp_path_factory.mktemp("servers")
+    broker = start_broker(run_dir)
+    store = start_redis(run_dir, fresh=True)
+    try:
+        yield broker.url, store.url
+    finally:
+        store.stop()
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings, servers: tuple[str, str], catalogue: Catalogue
+             ) -> Settings:
+    kafka_url, redis_url = servers
+    live = base_settings.with_urls(kafka_url, redis_url)
+    create_topics(kafka_url, catalogue.creation_plan(), replication_factor=1)
+    return live
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {"ENGINE_KAFKA_URL": settings.kafka.url, "ENGINE_REDIS_URL": settings.redis.url,
+            "ENGINE_REDIS_NAMESPACE": settings.redis.namespace,
+            "ENGINE_WORKER_GROUP_ID": settings.worker.group_id, **extra}
+
+
+def start_worker(settings: Settings, catalogue: Catalogue, log_path: Path) -> ManagedProcess:
+    """Start `engine worker` and wait until its heartbeat covers every input partition."""
+    proc = ManagedProcess("worker", [sys.executable, "-m", "engine", "--log-level", "info",
+                                     "worker", "--loglevel", "info"], log_path,
+                          env=worker_env(settings))
+    proc.start()
+    proc.wait_ready(lambda: assigned_partitions(settings) >= expected_partitions(catalogue),
+                    timeout=WORKER_JOIN_TIMEOUT_S)
+    return proc
+
+
+def expected_partitions(catalogue: Catalogue) -> set[str]:
+    return {f"{t.name}:{p}" for t in catalogue.inputs for p in range(t.partitions)}
+
+
+def assigned_partitions(settings: Settings) -> set[str]:
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    try:
+        beats = client.hgetall(f"{settings.redis.namespace}:workers")
+    finally:
+        client.close()
+    now_ms = time.time() * 1000
+    return {tp for raw in beats.values() for beat in [orjson.loads(raw)]
+            if now_ms - beat["heartbeat_ms"] < 10_000 for tp in beat["assigned"]}
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, catalogue: Catalogue, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ManagedProcess]:
+    """The shared engine worker (its own process, as in production)."""
+    proc = start_worker(settings, catalogue, tmp_path_factory.mktemp("worker") / "worker.log")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def isolated(base_settings: Settings, catalogue: Catalogue, tmp_path: Path
+             ) -> Iterator[Settings]:
+    """A private broker and Redis for one test (cheap: well under a second to start)."""
+    broker = start_broker(tmp_path)
+    store = start_redis(tmp_path, fresh=True)
+    try:
+        live = base_settings.with_urls(broker.url, store.url)
+        live = dataclasses.replace(live, worker=dataclasses.replace(
+            live.worker, group_id=f"isolated-{os.getpid()}"))
+        create_topics(broker.url, catalogue.creation_plan(), replication_factor=1)
+        yield live
+    finally:
+        store.stop()
+        broker.stop()
+
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
