@@ -45,6 +45,18 @@ def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
         def _new_consumer_thread(self) -> Any:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+        async def perform_seek(self) -> None:
+            # Faust seeks every assigned partition to Kafka's committed offset here, just before
+            # fetching resumes. Redis may be behind that (it lost its last writes in a crash):
+            # then resume from the Redis watermark instead, or those records would never count.
+            await super().perform_seek()
+            hook = getattr(self.app, "resume_from", None)
+            if hook is not None:
+                committed = {tp: off for tp, off in self._committed_offset.items()
+                             if tp in self.assignment()}
+                for tp, offset in (await hook(committed)).items():
+                    await self.seek(tp, offset)
+
     class Transport(faust_aiokafka.Transport):
         Consumer = TunedConsumer
 
@@ -88,6 +100,14 @@ def faust_credentials(k: KafkaSettings) -> Any:
     return faust.SSLCredentials(ssl_context) if ssl_context else None
 
 
+def resume_offsets(watermarks: dict[TP, int], committed: dict[TP, int | None]
+                   ) -> dict[TP, int]:
+    """Partitions to rewind: Kafka's committed offset (the next record to read) is past the
+    record after the Redis watermark, so records were committed but their state was lost."""
+    return {tp: mark + 1 for tp, mark in watermarks.items()
+            if committed.get(tp) is not None and committed[tp] > mark + 1}  # type: ignore[operator]
+
+
 class Worker:
     """Wires settings, catalogue, Redis and the Faust app; owns the worker's timers."""
 
@@ -105,7 +125,7 @@ class Worker:
                         for t in catalogue.inputs}
         for name, topic in self._inputs.items():
             self._add_agent(name, topic)
-        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.resume_from = self._resume_from  # type: ignore[attr-defined]
         self.app.on_before_shutdown.connect(self._on_shutdown)
         self.app.timer(settings.worker.heartbeat_interval_s)(self._heartbeat)
         self.app.timer(1.0)(self._flush_latency)
@@ -141,13 +161,23 @@ class Worker:
             metrics.BROKER_ERRORS.labels(self.catalogue.dlq(topic)).inc()
             raise
 
-    async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
-        mine = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self._inputs]
+    async def _resume_from(self, committed: dict[TP, int | None]) -> dict[TP, int]:
+        """On assignment: load the Redis watermarks; where Redis is behind Kafka's committed
+        offset, return the offset to resume from (the first record Redis has not applied)."""
+        mine = sorted((tp.topic, tp.partition) for tp in self.app.consumer.assignment()
+                      if tp.topic in self._inputs)
         await self.processor.load_watermarks(mine)
         metrics.ASSIGNED.set(len(mine))
+        marks = {TP(t, p): self.processor.watermarks[(t, p)] for t, p in mine}
+        seeks = resume_offsets(marks, committed)
+        for tp, offset in seeks.items():
+            log.warning("Redis is behind Kafka on %s:%d (watermark %d, committed %s): "
+                        "replaying from offset %d", tp.topic, tp.partition, marks[tp],
+                        committed[tp], offset)
         log.info("assigned %d input partitions; watermarks %s", len(mine),
-                 {f"{t}:{p}": self.processor.watermarks[(t, p)] for t, p in sorted(mine)})
+                 {f"{tp.topic}:{tp.partition}": wm for tp, wm in marks.items()})
         await self._heartbeat()
+        return seeks
 
     def _assigned(self) -> list[tuple[str, int]]:
         consumer = self.app.consumer
