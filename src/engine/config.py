@@ -259,7 +259,8 @@ def _check(s: Settings) -> None:
     if s.kafka.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
         raise ConfigError("kafka.sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     if s.redis.url and not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis.url must start with redis://, rediss:// or unix://: {s.redis.url!r}")
+        raise ConfigError(f"redis.url must start with redis://, rediss:// or unix://: "
+                          f"{s.redis.url!r}")
     positive = {
         "worker.batch_max": s.worker.batch_max,
         "worker.fetch_max_wait_ms": s.worker.fetch_max_wait_ms,

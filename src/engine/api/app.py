@@ -52,6 +52,7 @@ class BrokerProbe:
         if self._cached and now - self._cached[0] < 1.0:
             return self._cached[1]
         started = time.perf_counter()
+        result: dict[str, Any]
         client = AIOKafkaClient(**self._options, request_timeout_ms=2000,
                                 metadata_max_age_ms=1000)
         try:

@@ -9,7 +9,8 @@ DOCS_HTML = """<!doctype html>
 <title>Streaming decision engine - API</title>
 <style>
  body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:60rem;color:#222}
- h1{font-size:1.5rem} .op{border:1px solid #ddd;border-radius:6px;margin:.8rem 0;padding:.6rem .9rem}
+ h1{font-size:1.5rem}
+ .op{border:1px solid #ddd;border-radius:6px;margin:.8rem 0;padding:.6rem .9rem}
  .m{display:inline-block;min-width:4rem;font-weight:600;color:#fff;border-radius:4px;
     padding:0 .4rem;text-align:center;margin-right:.5rem}
  .get{background:#2f7d32}.post{background:#1565c0}.put{background:#ef6c00}.delete{background:#c62828}
@@ -49,6 +50,8 @@ fetch('/openapi.json').then(r => r.json()).then(doc => {
       div.append(r); ops.append(div);
     }
   }
-}).catch(e => { document.getElementById('ops').textContent = 'Could not load /openapi.json: ' + e; });
+}).catch(e => {
+  document.getElementById('ops').textContent = 'Could not load /openapi.json: ' + e;
+});
 </script></body></html>
 """

@@ -126,7 +126,7 @@ class Worker:
         for name, topic in self._inputs.items():
             self._add_agent(name, topic)
         self.app.resume_from = self._resume_from  # type: ignore[attr-defined]
-        self.app.on_before_shutdown.connect(self._on_shutdown)
+        self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.timer(settings.worker.heartbeat_interval_s)(self._heartbeat)
         self.app.timer(1.0)(self._flush_latency)
 
@@ -134,7 +134,7 @@ class Worker:
         w = self.settings.worker
         processor = self.processor
 
-        async def consume(stream: faust.StreamT) -> None:
+        async def consume(stream: Any) -> None:  # a faust.Stream (take_events is not on StreamT)
             async for events in stream.take_events(w.batch_max, within=w.batch_within_ms / 1000):
                 records = [RawRecord(e.message.partition, e.message.offset,
                                      int(e.message.timestamp * 1000), e.message.key,
