@@ -3,22 +3,24 @@
 Workload: the real replay data (REES46 clickstream, UCI Online Retail, the Kaggle competitor
 prices, and the catalogue derived from them), built by the same code ``engine replay`` uses,
 serialised with orjson to the bytes a worker receives, and partitioned with Kafka's default
-(murmur2) partitioner over the record key as the replay producer's records are. Nothing is
+(murmur2) partitioner over the record key, as the replay producer's records are. Nothing is
 random and nothing touches the network: the same files give the same events, partitions and
 offsets on every run. Defects in the real data stay in, so the dead-letter path is exercised
 in its real proportion.
 
-Figures, each the median of ``--repeat`` runs:
+Figures:
   a. decode + validate (``Validator.check``), beside bare ``orjson.loads`` as its baseline;
   b. ``ops_for`` on the valid events;
   c. Redis floors: PING one at a time, and HINCRBY pipelined (as many commands as the events
-     imply, in the same round trips as apply at batch 100), through redis.asyncio (the
-     engine's client) and through a raw socket (what is left without any client library);
+     imply, in the same round trips as apply at batch 100), over a raw socket (the server and
+     the kernel alone) and through redis.asyncio (the engine's client);
   d. ``StateStore.apply`` at batch sizes 1, 10, 100, 500 events of one partition;
   e. ``BatchProcessor.process`` end to end without Kafka, 100 records per topic partition.
 
-Absolute figures move with the machine; the ratios (processor / apply, apply / floor) are
-what to compare across machines and commits. Usage::
+Every figure is measured once per round and reported as the median of ``--repeat`` rounds.
+Ratios are taken within a round, between figures measured seconds apart, then the median of
+those: on a shared two-core machine a busy moment slows a whole round, and the ratio survives
+it where the absolute figures do not. Usage::
 
     python benchmarks/hot_path.py [--events N] [--repeat K] [--json]
 """
@@ -46,7 +48,7 @@ from urllib.parse import urlsplit
 import orjson
 from kafka.partitioner.default import murmur2
 
-from engine.config import Settings, load_settings
+from engine.config import RedisSettings, Settings, load_settings
 from engine.contracts import Rejection, Validator, load_catalogue
 from engine.core.activity import Op, dead_letter_ops, ops_for
 from engine.embedded import start_redis
@@ -56,21 +58,29 @@ from engine.worker.processor import BatchProcessor, RawRecord
 
 SOURCES = ("rees46", "online_retail", "competitor_prices")
 APPLY_BATCHES = (1, 10, 100, 500)
-#: The processor is fed, and the HINCRBY floor pipelined, in apply's batch=100 round trips,
+#: The processor is fed, and the HINCRBY floors pipelined, in apply's batch=100 round trips,
 #: so the ratios compare the same number of calls.
 BATCH = 100
 PING_CALLS = 2_000
-#: Small batches cost a round trip per event or ten; their figures are taken on an evenly
+#: Small batches cost a round trip per event or per ten; their figures are taken on an evenly
 #: spaced subset of at most this many events (same topic mix) to keep the default run near a
-#: minute. Events/s does not depend on the count once it is in the thousands.
+#: minute. Events/s no longer depends on the count once it is in the thousands.
 APPLY_EVENTS = {1: 5_000, 10: 16_000}
-#: Pipelined HINCRBY through redis.asyncio is client-bound (~16 µs a command in redis-py's
-#: pure-Python packing and parsing); one round trip in this many is enough to measure it.
+#: Pipelined HINCRBY through redis.asyncio is client-bound (redis-py packs and parses each
+#: command in Python, ~15 µs apiece); every third round trip is plenty to measure that.
 CLIENT_FLOOR_STRIDE = 3
 RESULTS = Path(__file__).resolve().parent / "results"
 
 TP = tuple[str, int]
 T = TypeVar("T")
+Figures = dict[str, float]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- workload ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +103,9 @@ class Workload:
         return groups
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def kafka_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java and kafka-python alike) picks."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def evenly(items: Sequence[T], n: int | None) -> list[T]:
@@ -116,11 +122,10 @@ def build_workload(settings: Settings, validator: Validator, events: int | None)
     records: list[tuple[str, RawRecord]] = []
     for rec in evenly(build_records(settings, list(SOURCES)), events):
         key = rec.key.encode()
-        partition = kafka_partition(key, catalogue.topics[rec.topic].partitions)
-        offset = offsets[(rec.topic, partition)]
-        offsets[(rec.topic, partition)] += 1
-        records.append((rec.topic, RawRecord(partition, offset, now_ms, key,
+        tp = (rec.topic, kafka_partition(key, catalogue.topics[rec.topic].partitions))
+        records.append((rec.topic, RawRecord(tp[1], offsets[tp], now_ms, key,
                                              orjson.dumps(rec.event))))
+        offsets[tp] += 1
     checked = [validator.check(t, r.value, r.timestamp_ms) for t, r in records]
     ops = [dead_letter_ops(c.reason) if isinstance(c, Rejection) else ops_for(t, c)
            for (t, _), c in zip(records, checked, strict=True)]
@@ -135,230 +140,244 @@ def interleave(groups: Mapping[TP, Sequence[T]], size: int) -> list[tuple[TP, li
     return [b for row in zip_longest(*chunked) for b in row if b is not None]
 
 
-def summary(runs: list[float], **extra: Any) -> dict[str, Any]:
-    """Median with the runs beside it, so a noisy figure shows itself as such."""
-    return {"median": statistics.median(runs), "runs": [round(r, 3) for r in runs], **extra}
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Every stage's input, cut before any clock starts."""
+
+    valid: list[tuple[str, dict[str, Any]]]
+    floor_chunks: list[list[tuple[str, str]]]
+    apply_batches: dict[int, list[tuple[TP, list[tuple[int, list[Op]]]]]]
+    processor_batches: list[tuple[TP, list[RawRecord]]]
+
+    @classmethod
+    def of(cls, work: Workload, store: StateStore) -> Plan:
+        valid = [(t, c) for (t, _), c in zip(work.records, work.checked, strict=True)
+                 if not isinstance(c, Rejection)]
+        floor = interleave(work.by_partition(lambda i: work.ops[i]), BATCH)
+        chunks = [[(store.shard(topic, part) + op[1], op[2]) for ops in batch for op in ops]
+                  for (topic, part), batch in floor]
+        apply = {size: interleave(work.by_partition(
+                     lambda i: (work.records[i][1].offset, work.ops[i]),
+                     evenly(range(len(work.records)), APPLY_EVENTS.get(size))), size)
+                 for size in APPLY_BATCHES}
+        processor = interleave(work.by_partition(lambda i: work.records[i][1]), BATCH)
+        return cls(valid, chunks, apply, processor)
 
 
 # --- a, b: CPU stages -------------------------------------------------------------------
 
 
-def time_cpu(repeat: int, body: Callable[[], object], count: int) -> list[float]:
-    """Microseconds per item for each of ``repeat`` runs of ``body`` over ``count`` items."""
-    runs = []
-    for _ in range(repeat):
-        gc.collect()
-        started = time.perf_counter()
-        body()
-        runs.append((time.perf_counter() - started) / count * 1e6)
-    return runs
+def per_item_us(body: Callable[[], object], count: int) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    body()
+    return (time.perf_counter() - started) / count * 1e6
 
 
-def cpu_stages(work: Workload, validator: Validator, repeat: int) -> dict[str, Any]:
-    records = work.records
-    valid = [(t, c) for (t, _), c in zip(records, work.checked, strict=True)
-             if not isinstance(c, Rejection)]
-    loads, check = orjson.loads, validator.check
+def cpu_round(work: Workload, plan: Plan, validator: Validator) -> Figures:
+    loads, check, records = orjson.loads, validator.check, work.records
 
     def decode() -> None:
         for _, r in records:
-            loads(r.value)  # type: ignore[arg-type]
+            loads(r.value or b"")
 
     def validate() -> None:
         for t, r in records:
             check(t, r.value, r.timestamp_ms)
 
     def ops() -> None:
-        for t, e in valid:
+        for t, e in plan.valid:
             ops_for(t, e)
 
-    n = len(records)
-    return {
-        "decode_us": summary(time_cpu(repeat, decode, n), events=n),
-        "validate_us": summary(time_cpu(repeat, validate, n), events=n),
-        "ops_us": summary(time_cpu(repeat, ops, len(valid)), events=len(valid)),
-    }
+    return {"decode_us": per_item_us(decode, len(records)),
+            "validate_us": per_item_us(validate, len(records)),
+            "ops_us": per_item_us(ops, len(plan.valid))}
 
 
 # --- c: floors --------------------------------------------------------------------------
 
 
-def _resp(*parts: str | bytes) -> bytes:
+def _resp(*parts: str) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
-    for p in parts:
-        b = p.encode() if isinstance(p, str) else p
+    for part in parts:
+        b = part.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
 
 
 def _read_lines(sock: socket.socket, lines: int) -> None:
     """Read until ``lines`` one-line replies (+PONG, :42, -ERR) have arrived."""
-    seen, tail = 0, b""
+    seen, last = 0, b""
     while seen < lines:
         chunk = sock.recv(1 << 16)
         if not chunk:
             raise ConnectionError("Redis closed the connection mid-benchmark")
-        seen += (tail + chunk).count(b"\r\n") - tail.count(b"\r\n")
-        tail = chunk[-1:]
+        seen += (last + chunk).count(b"\r\n")  # ``last`` catches a \r|\n split across reads
+        last = chunk[-1:]
 
 
-def raw_socket_floors(url: str, chunks: list[list[tuple[str, str]]], repeat: int
-                      ) -> dict[str, Any]:
-    """PING and pipelined HINCRBY over a bare socket, commands encoded before the clock
-    starts: the kernel and the server alone, the cost no client library can go below."""
+def raw_floor_round(url: str, payloads: list[tuple[bytes, int]]) -> Figures:
+    """PING and pipelined HINCRBY over a bare socket with the commands encoded before the
+    clock starts: the kernel and the server alone, what no client library can go below."""
     parts = urlsplit(url)
-    payloads = [b"".join(_resp("HINCRBY", k, f, "1") for k, f in c) for c in chunks]
-    n_ops = sum(len(c) for c in chunks)
-    ping = _resp("PING")
-    ping_runs, hincr_runs = [], []
     with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(repeat):
-            started = time.perf_counter()
-            for _ in range(PING_CALLS):
-                sock.sendall(ping)
-                _read_lines(sock, 1)
-            ping_runs.append((time.perf_counter() - started) / PING_CALLS * 1e6)
-            sock.sendall(_resp("FLUSHDB"))
-            _read_lines(sock, 1)
-            started = time.perf_counter()
-            for payload, c in zip(payloads, chunks, strict=True):
-                sock.sendall(payload)
-                _read_lines(sock, len(c))
-            hincr_runs.append(n_ops / (time.perf_counter() - started))
-    return {"ping_us": summary(ping_runs, calls=PING_CALLS),
-            "hincrby_ops_s": summary(hincr_runs, ops=n_ops, round_trips=len(chunks))}
-
-
-async def client_floors(client: Any, chunks: list[list[tuple[str, str]]], repeat: int
-                        ) -> dict[str, Any]:
-    """The same two floors through redis.asyncio, the client ``StateStore`` uses.
-
-    Not a floor for apply in practice: redis-py builds and parses each pipelined command in
-    Python, while apply sends one script call whose arguments are packed in one go."""
-    chunks = chunks[::CLIENT_FLOOR_STRIDE]
-    n_ops = sum(len(c) for c in chunks)
-    ping_runs, hincr_runs = [], []
-    for _ in range(repeat):
-        gc.collect()
+        ping = _resp("PING")
         started = time.perf_counter()
         for _ in range(PING_CALLS):
-            await client.ping()
-        ping_runs.append((time.perf_counter() - started) / PING_CALLS * 1e6)
-        await client.flushdb()
-        gc.collect()
+            sock.sendall(ping)
+            _read_lines(sock, 1)
+        ping_us = (time.perf_counter() - started) / PING_CALLS * 1e6
+        sock.sendall(_resp("FLUSHDB"))
+        _read_lines(sock, 1)
         started = time.perf_counter()
-        for c in chunks:
-            pipe = client.pipeline(transaction=False)
-            for key, field in c:
-                pipe.hincrby(key, field, 1)
-            await pipe.execute()
-        hincr_runs.append(n_ops / (time.perf_counter() - started))
-    return {"ping_us": summary(ping_runs, calls=PING_CALLS),
-            "hincrby_ops_s": summary(hincr_runs, ops=n_ops, round_trips=len(chunks))}
+        for payload, commands in payloads:
+            sock.sendall(payload)
+            _read_lines(sock, commands)
+        ops_s = sum(n for _, n in payloads) / (time.perf_counter() - started)
+    return {"ping_raw_us": ping_us, "hincrby_raw_ops_s": ops_s}
+
+
+async def client_floor_round(client: Any, chunks: list[list[tuple[str, str]]]) -> Figures:
+    """The same floors through redis.asyncio. In practice no floor for apply: redis-py packs
+    and parses each pipelined command in Python, where apply is one script call."""
+    gc.collect()
+    started = time.perf_counter()
+    for _ in range(PING_CALLS):
+        await client.ping()
+    ping_us = (time.perf_counter() - started) / PING_CALLS * 1e6
+    await client.flushdb()
+    gc.collect()
+    started = time.perf_counter()
+    for chunk in chunks:
+        pipe = client.pipeline(transaction=False)
+        for key, field in chunk:
+            pipe.hincrby(key, field, 1)
+        await pipe.execute()
+    ops_s = sum(len(c) for c in chunks) / (time.perf_counter() - started)
+    return {"ping_asyncio_us": ping_us, "hincrby_asyncio_ops_s": ops_s}
 
 
 # --- d, e: the engine -------------------------------------------------------------------
 
 
-async def apply_stage(store: StateStore, work: Workload, size: int, repeat: int
-                      ) -> dict[str, Any]:
-    """``StateStore.apply`` alone: ops precomputed, one call per batch of one partition."""
-    indices = evenly(range(len(work.records)), APPLY_EVENTS.get(size))
-    groups = work.by_partition(lambda i: (work.records[i][1].offset, work.ops[i]), indices)
-    batches = interleave(groups, size)
-    events = sum(len(b) for _, b in batches)
-    ops = sum(len(o) for _, b in batches for _, o in b)
-    runs, server = [], []
-    for _ in range(repeat):
-        await store.client.flushdb()
-        await store.client.config_resetstat()
-        gc.collect()
-        applied = 0
-        started = time.perf_counter()
-        for (topic, partition), batch in batches:
-            applied += (await store.apply(topic, partition, batch)).applied
-        runs.append(events / (time.perf_counter() - started))
-        server.append(await script_usec(store.client) / events)
-        if applied != events:
-            raise RuntimeError(f"apply batch={size}: {applied} of {events} events applied")
-    return summary(runs, events=events, ops=ops, calls=len(batches),
-                   server_us_per_event=statistics.median(server))
-
-
 async def script_usec(client: Any) -> float:
-    """Microseconds Redis spent running apply_batch.lua since the last CONFIG RESETSTAT:
-    what is left of apply's time is the client and the round trip."""
+    """Microseconds Redis spent running apply_batch.lua since the last CONFIG RESETSTAT;
+    the rest of apply's time is the client and the round trip."""
     stats = await client.info("commandstats")
     return float(sum(stats.get(f"cmdstat_{c}", {}).get("usec", 0) for c in ("evalsha", "eval")))
 
 
+async def _fresh(store: StateStore) -> None:
+    """Empty state (watermarks included) and zeroed command stats, so every run is alike."""
+    await store.client.flushdb()
+    await store.client.config_resetstat()
+    gc.collect()
+
+
+async def apply_round(store: StateStore, size: int, batches: list[tuple[TP, list[Any]]]
+                      ) -> Figures:
+    """``StateStore.apply`` alone: ops precomputed, one call per batch of one partition."""
+    events = sum(len(b) for _, b in batches)
+    await _fresh(store)
+    applied = 0
+    started = time.perf_counter()
+    for (topic, partition), batch in batches:
+        applied += (await store.apply(topic, partition, batch)).applied
+    events_s = events / (time.perf_counter() - started)
+    if applied != events:
+        raise RuntimeError(f"apply batch={size}: {applied} of {events} events applied")
+    return {f"apply_{size}_events_s": events_s,
+            f"apply_{size}_redis_us": await script_usec(store.client) / events}
+
+
 async def _dead_letter(topic: str, record: RawRecord, rejection: Rejection) -> Awaitable[object]:
-    """A broker that acknowledges at once: the benchmark measures the engine, not Kafka."""
+    """A broker that acknowledges at once: this measures the engine, not Kafka."""
     done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     done.set_result(None)
     return done
 
 
-async def processor_stage(store: StateStore, validator: Validator, work: Workload,
-                          repeat: int) -> dict[str, Any]:
+async def processor_round(store: StateStore, validator: Validator,
+                          batches: list[tuple[TP, list[RawRecord]]]) -> Figures:
     """The worker's whole path minus Faust: decode, validate, ops, metrics, Redis."""
-    batches = interleave(work.by_partition(lambda i: work.records[i][1]), BATCH)
-    events = len(work.records)
-    runs, server = [], []
-    for _ in range(repeat):
-        await store.client.flushdb()
-        await store.client.config_resetstat()
-        processor = BatchProcessor(store, validator, _dead_letter)
-        gc.collect()
-        started = time.perf_counter()
-        for (topic, _), batch in batches:
-            await processor.process(topic, batch)
-        runs.append(events / (time.perf_counter() - started))
-        server.append(await script_usec(store.client) / events)
-        if processor.applied != events or processor.duplicates:
-            raise RuntimeError(f"processor: {processor.applied} of {events} applied, "
-                               f"{processor.duplicates} duplicates")
-    return summary(runs, events=events, calls=len(batches),
-                   server_us_per_event=statistics.median(server))
+    events = sum(len(b) for _, b in batches)
+    await _fresh(store)
+    processor = BatchProcessor(store, validator, _dead_letter)
+    started = time.perf_counter()
+    for (topic, _), batch in batches:
+        await processor.process(topic, batch)
+    events_s = events / (time.perf_counter() - started)
+    if processor.applied != events or processor.duplicates:
+        raise RuntimeError(f"processor: {processor.applied} of {events} applied, "
+                           f"{processor.duplicates} duplicates")
+    return {"processor_events_s": events_s,
+            "processor_redis_us": await script_usec(store.client) / events}
 
 
-async def _redis_stages(settings: Settings, work: Workload, validator: Validator, repeat: int
-                        ) -> dict[str, Any]:
-    store = StateStore.open(settings)
+def ratios(f: Figures, ops_per_event: float) -> Figures:
+    """Within-round ratios: figures measured seconds apart, so machine drift cancels."""
+    apply_ops_s = f[f"apply_{BATCH}_events_s"] * ops_per_event
+    return {
+        "processor_vs_apply_100": f["processor_events_s"] / f[f"apply_{BATCH}_events_s"],
+        "apply_100_vs_hincrby_raw": apply_ops_s / f["hincrby_raw_ops_s"],
+        "apply_100_vs_hincrby_asyncio": apply_ops_s / f["hincrby_asyncio_ops_s"],
+        "apply_1_call_vs_ping_asyncio": 1e6 / f["apply_1_events_s"] / f["ping_asyncio_us"],
+        "validate_vs_decode": f["validate_us"] / f["decode_us"],
+        "processor_extra_us": 1e6 / f["processor_events_s"] - 1e6 / f[f"apply_{BATCH}_events_s"],
+    }
+
+
+async def measure(redis: RedisSettings, work: Workload, validator: Validator, repeat: int
+                  ) -> tuple[list[Figures], dict[str, Any], dict[str, Any]]:
+    """``repeat`` rounds of every figure against the server at ``redis.url``."""
+    store = StateStore.open(redis)
     try:
         info = await store.client.info("server")
-        config = {k: (await store.client.config_get(k))[k] for k in ("appendonly", "appendfsync")}
-        floor_batches = interleave(work.by_partition(lambda i: work.ops[i]), BATCH)
-        chunks = [[(store.shard(topic, part) + op[1], op[2]) for ops in batch for op in ops]
-                  for (topic, part), batch in floor_batches]
-        say("c. floors: PING and pipelined HINCRBY (raw socket, redis.asyncio)")
-        raw = await asyncio.to_thread(raw_socket_floors, settings.url, chunks, repeat)
-        client = await client_floors(store.client, chunks, repeat)
+        server = {"name": info.get("server_name", "redis"),
+                  "version": info.get("valkey_version", info.get("redis_version"))}
+        for key in ("appendonly", "appendfsync"):
+            server[key] = (await store.client.config_get(key))[key]
+        plan = Plan.of(work, store)
+        payloads = [(b"".join(_resp("HINCRBY", k, f, "1") for k, f in c), len(c))
+                    for c in plan.floor_chunks]
+        client_chunks = plan.floor_chunks[::CLIENT_FLOOR_STRIDE]
+        sizes = {
+            "hincrby_raw_ops": sum(n for _, n in payloads),
+            "hincrby_raw_round_trips": len(payloads),
+            "hincrby_asyncio_ops": sum(len(c) for c in client_chunks),
+            "hincrby_asyncio_round_trips": len(client_chunks),
+            **{f"apply_{s}_{what}": sum(len(b) if what == "events" else
+                                        sum(len(ops) for _, ops in b) for _, b in batches)
+               for s, batches in plan.apply_batches.items() for what in ("events", "ops")},
+            "processor_events": len(work.records), "ping_calls": PING_CALLS,
+        }
         await store.apply("warm-up", 0, [(0, [("hincrby", "stats", "valid", "1")])])
-        apply = {}
-        for size in APPLY_BATCHES:
-            say(f"d. StateStore.apply, batch={size}")
-            apply[str(size)] = await apply_stage(store, work, size, repeat)
-        say(f"e. BatchProcessor.process, {BATCH} records per topic partition")
-        processor = await processor_stage(store, validator, work, repeat)
+        rounds: list[Figures] = []
+        for n in range(1, repeat + 1):
+            say(f"round {n}/{repeat}: a, b (CPU); c (floors); d (apply at batch "
+                f"{', '.join(map(str, APPLY_BATCHES))}); e (processor)")
+            figures = cpu_round(work, plan, validator)
+            figures |= await asyncio.to_thread(raw_floor_round, redis.url, payloads)
+            figures |= await client_floor_round(store.client, client_chunks)
+            for size, batches in plan.apply_batches.items():
+                figures |= await apply_round(store, size, batches)
+            figures |= await processor_round(store, validator, plan.processor_batches)
+            rounds.append(figures)
         await store.client.flushdb()
     finally:
         await store.close()
-    server = {"name": info.get("server_name", "redis"),
-              "version": info.get("valkey_version", info.get("redis_version")), **config}
-    return {"server": server, "floors": {"raw_socket": raw, "redis_asyncio": client},
-            "apply": apply, "processor": processor}
+    return rounds, sizes, server
 
 
-def redis_stages(settings: Settings, work: Workload, validator: Validator, repeat: int
-                 ) -> dict[str, Any]:
-    """Start a fresh embedded Valkey in a temporary directory, measure, and always stop it."""
+def run_against_valkey(settings: Settings, work: Workload, validator: Validator, repeat: int
+                       ) -> tuple[list[Figures], dict[str, Any], dict[str, Any]]:
+    """Start a fresh embedded Valkey in a temporary directory, measure, always stop it."""
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         proc = start_redis(Path(tmp), fresh=True)
         try:
             bench = dataclasses.replace(settings.redis, url=proc.url, namespace="bench")
-            return asyncio.run(_redis_stages(bench, work, validator, repeat))
+            return asyncio.run(measure(bench, work, validator, repeat))
         finally:
             proc.stop()
 
@@ -366,24 +385,22 @@ def redis_stages(settings: Settings, work: Workload, validator: Validator, repea
 # --- report -----------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
+def machine(server: dict[str, Any]) -> dict[str, Any]:
     model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass  # not Linux: the model is informative only
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("model name")), model)
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "redis_shares_cores": True}
+            "platform": platform.platform(), "redis_server": server,
+            "redis_shares_cores": True}
 
 
 def describe(work: Workload) -> dict[str, Any]:
     rejected = [c.reason for c in work.checked if isinstance(c, Rejection)]
     ops = sum(len(o) for o in work.ops)
     return {
-        "sources": list(SOURCES), "events": len(work.records),
+        "sources": [*SOURCES, "derived catalogue"], "events": len(work.records),
         "by_topic": dict(Counter(t for t, _ in work.records).most_common()),
         "partitions": len({(t, r.partition) for t, r in work.records}),
         "dead_lettered": len(rejected), "by_reason": dict(Counter(rejected).most_common()),
@@ -393,57 +410,44 @@ def describe(work: Workload) -> dict[str, Any]:
     }
 
 
-def ratios(cpu: dict[str, Any], redis: dict[str, Any]) -> dict[str, float]:
-    apply, floors = redis["apply"], redis["floors"]
-    a100, processor = apply[str(BATCH)], redis["processor"]["median"]
-    a100_ops = a100["median"] * a100["ops"] / a100["events"]
-    raw, client = floors["raw_socket"], floors["redis_asyncio"]
-    return {
-        "processor_vs_apply_100": processor / a100["median"],
-        "apply_100_vs_hincrby_raw": a100_ops / raw["hincrby_ops_s"]["median"],
-        "apply_100_vs_hincrby_asyncio": a100_ops / client["hincrby_ops_s"]["median"],
-        "apply_1_call_vs_ping_asyncio": 1e6 / apply["1"]["median"] / client["ping_us"]["median"],
-        "validate_vs_decode": cpu["validate_us"]["median"] / cpu["decode_us"]["median"],
-        #: What the processor adds per event beyond apply, and how much of it a + b explain.
-        "processor_extra_us": 1e6 / processor - 1e6 / a100["median"],
-        "stages_ab_us": cpu["validate_us"]["median"] + cpu["ops_us"]["median"],
-    }
+def medians(rounds: list[Figures]) -> dict[str, dict[str, Any]]:
+    """Median of each figure with its per-round values, so a noisy one shows itself."""
+    return {k: {"median": statistics.median(r[k] for r in rounds),
+                "runs": [round(r[k], 3) for r in rounds]} for k in rounds[0]}
 
 
 def rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(figure, value, beside it) for the console and the markdown table alike."""
-    cpu, redis, r = result["cpu"], result["redis"], result["ratios"]
-    raw, cli = redis["floors"]["raw_socket"], redis["floors"]["redis_asyncio"]
-    us = "{:,.2f} µs/event".format
+    """(figure, median, note) for the console and the markdown table alike."""
+    f = {k: v["median"] for k, v in result["figures"].items()}
+    r = {k: v["median"] for k, v in result["ratios"].items()}
+    n = result["sizes"]
     out = [
-        ("a. orjson.loads only (baseline)", us(cpu["decode_us"]["median"]), ""),
-        ("a. decode + validate", us(cpu["validate_us"]["median"]),
+        ("a. orjson.loads only (baseline)", f"{f['decode_us']:.2f} µs/event", ""),
+        ("a. decode + validate", f"{f['validate_us']:.2f} µs/event",
          f"{r['validate_vs_decode']:.1f}× bare decode"),
-        ("b. ops_for (valid events)", us(cpu["ops_us"]["median"]), ""),
-        ("c. PING, raw socket", f"{raw['ping_us']['median']:,.1f} µs/call", "server + kernel"),
-        ("c. PING, redis.asyncio", f"{cli['ping_us']['median']:,.1f} µs/call",
-         "the engine's client"),
-        ("c. HINCRBY pipelined, raw socket", f"{raw['hincrby_ops_s']['median']:,.0f} ops/s",
-         f"{raw['hincrby_ops_s']['round_trips']} round trips"),
-        ("c. HINCRBY pipelined, redis.asyncio", f"{cli['hincrby_ops_s']['median']:,.0f} ops/s",
-         f"{cli['hincrby_ops_s']['round_trips']} round trips"),
+        ("b. ops_for (valid events)", f"{f['ops_us']:.2f} µs/event", ""),
+        ("c. PING, raw socket", f"{f['ping_raw_us']:.0f} µs/call", "server + kernel"),
+        ("c. PING, redis.asyncio", f"{f['ping_asyncio_us']:.0f} µs/call", "the engine's client"),
+        ("c. HINCRBY pipelined, raw socket", f"{f['hincrby_raw_ops_s']:,.0f} ops/s",
+         f"{n['hincrby_raw_ops']:,} ops in {n['hincrby_raw_round_trips']} round trips"),
+        ("c. HINCRBY pipelined, redis.asyncio", f"{f['hincrby_asyncio_ops_s']:,.0f} ops/s",
+         f"{n['hincrby_asyncio_ops']:,} ops in {n['hincrby_asyncio_round_trips']} round trips"),
     ]
-    for size, fig in redis["apply"].items():
-        per_event = 1e6 / fig["median"]
-        note = (f"{fig['median'] * fig['ops'] / fig['events']:,.0f} ops/s; Redis "
-                f"{fig['server_us_per_event']:.0f} of {per_event:.0f} µs/event")
-        if size == "1":
-            note += f"; {r['apply_1_call_vs_ping_asyncio']:.1f}× a PING"
-        out.append((f"d. StateStore.apply, batch={size}", f"{fig['median']:,.0f} events/s",
-                    f"{note} ({fig['events']:,} events)"))
-    proc = redis["processor"]
+    for size in APPLY_BATCHES:
+        events_s = f[f"apply_{size}_events_s"]
+        ope = n[f"apply_{size}_ops"] / n[f"apply_{size}_events"]
+        note = (f"{events_s * ope:,.0f} ops/s; Redis {f[f'apply_{size}_redis_us']:.0f} of "
+                f"{1e6 / events_s:.0f} µs/event; {n[f'apply_{size}_events']:,} events")
+        if size == 1:
+            note += f"; a call = {r['apply_1_call_vs_ping_asyncio']:.1f}× PING"
+        out.append((f"d. StateStore.apply, batch={size}", f"{events_s:,.0f} events/s", note))
     out += [
-        (f"e. BatchProcessor, batch={BATCH}", f"{proc['median']:,.0f} events/s",
-         f"Redis {proc['server_us_per_event']:.0f} of {1e6 / proc['median']:.0f} µs/event; "
-         f"+{r['processor_extra_us']:.0f} µs/event over apply, a + b explain "
-         f"{r['stages_ab_us']:.0f}"),
+        (f"e. BatchProcessor, batch={BATCH}", f"{f['processor_events_s']:,.0f} events/s",
+         f"Redis {f['processor_redis_us']:.0f} of {1e6 / f['processor_events_s']:.0f} µs/event; "
+         f"+{r['processor_extra_us']:.0f} µs/event over apply (a + b alone: "
+         f"{f['validate_us'] + f['ops_us']:.0f})"),
         ("ratio: processor / apply batch=100", f"{r['processor_vs_apply_100']:.2f}", "events/s"),
-        ("ratio: apply batch=100 / HINCRBY raw floor", f"{r['apply_100_vs_hincrby_raw']:.2f}",
+        ("ratio: apply batch=100 / HINCRBY raw socket", f"{r['apply_100_vs_hincrby_raw']:.2f}",
          "ops/s"),
         ("ratio: apply batch=100 / HINCRBY redis.asyncio",
          f"{r['apply_100_vs_hincrby_asyncio']:.2f}", "ops/s"),
@@ -452,10 +456,11 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def header(result: dict[str, Any]) -> str:
-    m, w, s = result["machine"], result["workload"], result["redis"]["server"]
-    return (f"{w['events']:,} real events ({', '.join(w['sources'])} + derived catalogue), "
-            f"{w['dead_lettered']:,} dead-lettered, {w['ops_per_event']} ops/event, "
-            f"{w['partitions']} topic partitions; median of {result['repeat']} runs.\n"
+    m, w = result["machine"], result["workload"]
+    s = m["redis_server"]
+    return (f"{w['events']:,} real events ({', '.join(w['sources'])}), {w['dead_lettered']:,} "
+            f"dead-lettered, {w['ops_per_event']} ops/event, {w['partitions']} topic "
+            f"partitions; median of {result['repeat']} rounds.\n"
             f"{m['cpus']} cores ({m['cpu_model']}), Python {m['python']}, {s['name']} "
             f"{s['version']} (appendonly {s['appendonly']}, fsync {s['appendfsync']}) on the "
             f"same cores; run took {result['elapsed_s']:.0f} s.")
@@ -469,18 +474,18 @@ def render_text(result: dict[str, Any]) -> str:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    lines = ["# Hot-path benchmark", "", header(result), "",
+    lines = ["# Hot-path benchmark", "", header(result).replace("\n", "  \n"), "",
              "| figure | median | note |", "|---|---:|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(result)]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=None,
                         help="evenly spaced subset of the replay records (default: all)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; figures are medians")
+    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     args = parser.parse_args(argv)
     if args.repeat < 1 or (args.events is not None and args.events < 1):
         parser.error("--events and --repeat must be at least 1")
@@ -490,13 +495,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     validator = Validator(load_catalogue(), settings.validation)
     say("building the workload from the replay data sets")
     work = build_workload(settings, validator, args.events)
-    say(f"a, b. decode + validate and ops_for on {len(work.records):,} events")
-    cpu = cpu_stages(work, validator, args.repeat)
-    redis = redis_stages(settings, work, validator, args.repeat)
-    result = {"benchmark": "hot_path", "repeat": args.repeat, "machine": machine(),
-              "workload": describe(work), "cpu": cpu, "redis": redis,
-              "ratios": ratios(cpu, redis), "elapsed_s": time.perf_counter() - started}
-
+    rounds, sizes, server = run_against_valkey(settings, work, validator, args.repeat)
+    ope = sum(len(o) for o in work.ops) / len(work.records)
+    result = {
+        "benchmark": "hot_path", "repeat": args.repeat, "machine": machine(server),
+        "workload": describe(work), "sizes": sizes, "figures": medians(rounds),
+        "ratios": medians([ratios(f, ope) for f in rounds]),
+        "elapsed_s": time.perf_counter() - started,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "hot_path.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     (RESULTS / "hot_path.md").write_text(render_markdown(result))
@@ -504,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
         print(render_text(result))
-        say(f"written: {RESULTS / 'hot_path.json'}, {RESULTS / 'hot_path.md'}")
+    say(f"written: {RESULTS / 'hot_path.json'} and hot_path.md")
     return 0
 
 

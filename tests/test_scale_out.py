@@ -16,7 +16,7 @@ from engine.embedded import ManagedProcess
 from engine.replay.publish import publish
 
 from .conftest import WORKER_JOIN_TIMEOUT_S, assigned_partitions, expected_partitions, worker_env
-from .helpers import expected_item_counts, open_store, tagged_rees46, wait_for_counts
+from .helpers import expected_item_counts, open_store, tagged_rees46, wait_for, wait_for_counts
 
 pytestmark = pytest.mark.integration
 
@@ -44,11 +44,17 @@ async def test_two_workers_share_partitions_and_state(
         publish(records, bootstrap=isolated.kafka.url, kafka_options={}, progress=False)
         await wait_for_counts(store, expected_item_counts(records, catalogue), 60,
                               "two workers to apply every event")
-        beats = {k: orjson.loads(v) for k, v in
-                 (await store.client.hgetall(store.key("workers"))).items()}
-        shares = [set(b["assigned"]) for b in beats.values()]
+
+        async def beats() -> list[dict]:
+            raw = await store.client.hgetall(store.key("workers"))
+            return [orjson.loads(v) for v in raw.values()]
+
+        async def both_applied() -> bool:   # heartbeats are every 2 s: wait for fresh ones
+            return all(b["applied"] > 0 for b in await beats())
+
+        await wait_for(both_applied, 15, "both workers to report applied events")
+        shares = [set(b["assigned"]) for b in await beats()]
         assert len(shares) == 2 and not (shares[0] & shares[1]), "partitions split, not shared"
-        assert all(b["applied"] > 0 for b in beats.values()), beats
     finally:
         for w in workers:
             w.stop()
