@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -74,12 +75,9 @@ class StateStore:
     async def apply(self, topic: str, partition: int, batch: Batch) -> ApplyResult:
         """Apply events (offset ascending) and advance the watermark, in one atomic call."""
         prefix = self.shard(topic, partition)
-        args: list[str | int] = [prefix, len(batch)]
-        for offset, ops in batch:
-            args += (offset, len(ops))
-            for op in ops:
-                args.extend(op)
-        applied, skipped, watermark = await self._apply(keys=[prefix + "wm"], args=args)
+        payload = orjson.dumps(batch)
+        applied, skipped, watermark = await self._apply(keys=[prefix + "wm"],
+                                                        args=[prefix, payload])
         return ApplyResult(int(applied), int(skipped), int(watermark))
 
     async def watermark(self, topic: str, partition: int) -> int:
