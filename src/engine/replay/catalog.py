@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ReplayError
-from engine.replay.sources import (
+from engine.replay.competitors import hammer_item_id
+from engine.replay.reading import (
     CURRENCY,
-    SOURCES,
     Record,
-    hammer_item_id,
     memoised,
     month_start_ms,
     read_csv,
     require_file,
-    source_names,
     utc_ms,
 )
+from engine.replay.sources import SOURCES, source_names
 
 #: Assumed gross margin: unit_cost = list_price * COST_RATIO (no data set has costs).
 COST_RATIO = 0.7
