@@ -6,31 +6,57 @@ ARGV[1]  shard prefix "<ns>:{<topic>:<partition>}:"; every key an op names is pr
          so all keys of one call share the hash tag {<topic>:<partition>} (Redis Cluster-safe)
 ARGV[2]  the batch as one JSON array, in offset order: [[offset, [[code, key, a, b], ...]], ...]
          (one argument instead of ~50 per event: packing arguments dominated the client's cost)
+ARGV[3]  the watermark the caller last saw for this shard, or "" if it has none. If Redis's is
+         lower, Redis lost writes (failover to a lagging replica, restart from an AOF missing its
+         last second): nothing is written and {-1, 0, watermark} tells the caller to rewind.
 
 Op codes (key is relative to the shard prefix):
   hincrby       HINCRBY key a b            integer counter
   hincrbyfloat  HINCRBYFLOAT key a b       float sum
   hset          HSET key a b               latest value, in offset order
   hsetmax       HSET key a b if b > current (numeric), e.g. the latest event time seen
+  hsetlatest    HSET key a b where b is "<event_time_ms>|<value>", unless the stored value has a
+                later event time: the latest observation by event time, whatever the arrival order
   zincrby       ZINCRBY key b a            weighted tally of member a
   lpushcap      LPUSH key a, LTRIM to the newest b entries (bounded recent history)
 
 An event whose offset is at or below the watermark was applied before (Kafka re-delivered it
-after a crash or rebalance) and is skipped whole. Every op code is checked before anything is
-written, because Redis does not roll back a script that fails half way.
+after a crash or rebalance) and is skipped whole. Every op, and every number it carries, is
+checked before anything is written, because Redis does not roll back a script that fails half
+way; a rejected batch writes nothing and names the offending offset.
 Returns {applied, skipped, new_watermark}.
 ]==]
 
 local wm = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if ARGV[3] ~= '' and wm < tonumber(ARGV[3]) then
+  return {-1, 0, wm}
+end
 local prefix = ARGV[1]
 local batch = cjson.decode(ARGV[2])
-local known = {hincrby = true, hincrbyfloat = true, hset = true, hsetmax = true,
-               zincrby = true, lpushcap = true}
+
+local function integer(x)  -- as Redis's integer commands read it: digits only, 64-bit range
+  return string.match(x, '^-?%d+$') ~= nil and #x <= 18
+end
+local function finite(x)
+  local n = tonumber(x)
+  return n ~= nil and n == n and n ~= math.huge and n ~= -math.huge
+end
+local function stamped(x)
+  local ts = string.match(x, '^(%d+)|')
+  return ts ~= nil
+end
+local function anything() return true end
+-- what the fourth field of each op must be
+local check = {hincrby = integer, hincrbyfloat = finite, hset = anything, hsetmax = finite,
+               hsetlatest = stamped, zincrby = finite, lpushcap = integer}
 
 for _, event in ipairs(batch) do
   for _, op in ipairs(event[2]) do
-    if not known[op[1]] or #op ~= 4 then
-      return redis.error_reply('ERR apply_batch: unknown op ' .. tostring(op[1]))
+    local valid = check[op[1]]
+    if valid == nil or #op ~= 4 or type(op[2]) ~= 'string' or type(op[3]) ~= 'string'
+        or type(op[4]) ~= 'string' or not valid(op[4]) then
+      return redis.error_reply('ERR apply_batch: invalid op at offset ' .. tostring(event[1])
+        .. ': ' .. tostring(op[1]) .. ' ' .. tostring(op[4]))
     end
   end
 end
@@ -52,6 +78,12 @@ for _, event in ipairs(batch) do
       elseif code == 'hsetmax' then
         local current = tonumber(redis.call('HGET', key, a))
         if current == nil or tonumber(b) > current then
+          redis.call('HSET', key, a, b)
+        end
+      elseif code == 'hsetlatest' then
+        local current = redis.call('HGET', key, a)
+        if not current or tonumber(string.match(b, '^(%d+)|'))
+            >= tonumber(string.match(current, '^(%d+)|') or '0') then
           redis.call('HSET', key, a, b)
         end
       elseif code == 'zincrby' then

@@ -9,7 +9,7 @@ from engine.contracts import load_catalogue
 from engine.core.activity import INPUT_TOPICS, RECENT_ITEMS, dead_letter_ops, ops_for
 
 CATALOGUE = load_catalogue()
-KNOWN_OPS = {"hincrby", "hincrbyfloat", "hset", "hsetmax", "zincrby", "lpushcap"}
+KNOWN_OPS = {"hincrby", "hincrbyfloat", "hset", "hsetmax", "hsetlatest", "zincrby", "lpushcap"}
 
 
 def _valid(topic: str) -> list[dict]:
@@ -75,9 +75,11 @@ def test_guest_order_touches_no_user_key() -> None:
 
 def test_latest_values_for_competitors_inventory_catalog() -> None:
     comp = _valid("competitor-prices")[0]
-    assert ("hset", "comp:bed1", "comp_1", "89.9") in ops_for("competitor-prices", comp)
+    assert ("hsetlatest", "comp:bed1", "comp_1", "1493596800000|89.9") in ops_for(
+        "competitor-prices", comp)
     inv = _valid("inventory")[0]
-    assert ("hset", "inv:dvd-42", "dc-uk:on_hand", "120") in ops_for("inventory", inv)
+    assert ("hsetlatest", "inv:dvd-42", "dc-uk", "1569888000000|120|40") in ops_for(
+        "inventory", inv)
     cat = _valid("catalog")[0]
     assert ("hset", "meta:dvd-42", "category", "media.video.dvd") in ops_for("catalog", cat)
 
@@ -85,3 +87,19 @@ def test_latest_values_for_competitors_inventory_catalog() -> None:
 def test_dead_letter_ops_count_reason() -> None:
     assert dead_letter_ops("too_large") == [("hincrby", "dlq", "too_large", "1"),
                                             ("hincrby", "stats", "dead_lettered", "1")]
+
+
+def test_integral_floats_become_redis_integers() -> None:
+    """JSON Schema accepts 4.0 as an integer; Redis's HINCRBY does not."""
+    rating = _valid("clicks")[3] | {"rating": 4.0, "event_time_ms": 1569888000000.0}
+    ops = ops_for("clicks", rating)
+    assert ("hincrby", "item:dvd-42", "rating_sum", "4") in ops
+    assert ("hsetmax", "stats", "event_time_max", "1569888000000") in ops
+    cart = _valid("carts")[0] | {"quantity": 2.0}
+    assert ("hincrby", "item:dvd-42", "cart_add", "2") in ops_for("carts", cart)
+    order = _valid("orders")[0]
+    order = order | {"lines": [order["lines"][0] | {"quantity": 6.0}]}
+    assert ("hincrby", "item:85123A", "units_sold", "6") in ops_for("orders", order)
+    stock = _valid("inventory")[0] | {"on_hand": 5.0, "in_transit": 1.0}
+    assert ("hsetlatest", "inv:dvd-42", "dc-uk", "1569888000000|5|1") in ops_for(
+        "inventory", stock)

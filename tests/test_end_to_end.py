@@ -5,8 +5,11 @@ Runs against the session's real broker, Redis and engine worker process.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections import Counter
 
+import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -89,3 +92,30 @@ async def test_redelivered_records_are_not_counted_twice(
         assert await item_counts(store, list(expected)) == before
     finally:
         await store.close()
+
+
+async def test_oversized_record_dead_lettered_truncated_and_float_integers_counted(
+        settings: Settings, catalogue: Catalogue, worker: ManagedProcess) -> None:
+    token = uuid.uuid4().hex[:10]
+    big = b'{"event_id": "' + b"x" * 900_000 + b'"}'
+    rating = {"event_id": f"{token}-r", "event_type": "rating", "event_time_ms": 1569888000000,
+              "user_id": f"{token}-u", "item_id": f"{token}-i", "rating": 4.0}
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.url, linger_ms=5,
+                             max_request_size=2_000_000)
+    producer.send("clicks", key=token.encode(), value=big)
+    producer.send("clicks", key=token.encode(), value=orjson.dumps(rating))
+    producer.flush()
+    producer.close()
+    store = open_store(settings)
+    try:
+        expected = {f"{token}-i": Counter({"rating": 1, "rating_sum": 4})}
+        await wait_for_counts(store, expected, 60, "the rating given as 4.0")
+    finally:
+        await store.close()
+    (letter,) = _dead_letters(settings, catalogue, token.encode())
+    headers = dict(letter.headers)
+    assert headers["dlq.reason"] == b"too_large"
+    assert int(headers["dlq.truncated_from"]) == len(big)
+    assert headers["dlq.sha256"].decode() == hashlib.sha256(big).hexdigest()
+    assert letter.value == big[:settings.validation.max_event_bytes]
+    assert worker.alive

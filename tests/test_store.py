@@ -12,6 +12,7 @@ from redis.crc import key_slot
 from engine.config import Settings
 from engine.core.activity import ops_for
 from engine.store import StateStore
+from engine.views import latest_by_event_time
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ async def test_partitions_have_independent_watermarks(store: StateStore) -> None
 async def test_unknown_op_writes_nothing(store: StateStore) -> None:
     batch = [(0, ops_for("clicks", _view(0))), (1, [("hincrby", "x", "y", "1"),
                                                     ("flushall", "", "", "")])]
-    with pytest.raises(redis.exceptions.ResponseError, match="unknown op flushall"):
+    with pytest.raises(redis.exceptions.ResponseError, match="invalid op at offset 1: flushall"):
         await store.apply("clicks", 3, batch)
     assert await _snapshot(store) == {}
     assert await store.watermark("clicks", 3) == -1
@@ -93,11 +94,33 @@ async def test_one_call_touches_one_cluster_slot(store: StateStore) -> None:
     assert len({key_slot(k.encode()) for k in keys}) == 1, keys
 
 
-async def test_float_sums_and_latest_values(store: StateStore) -> None:
+async def test_latest_value_by_event_time_not_arrival(store: StateStore) -> None:
     comp = {"event_id": "c", "event_time_ms": 10, "item_id": "sku", "competitor": "acme",
             "price": 9.5}
     later = comp | {"event_time_ms": 20, "price": 8.75}
-    await store.apply("competitor-prices", 0, [(0, ops_for("competitor-prices", comp)),
-                                               (1, ops_for("competitor-prices", later))])
-    prices = await store.merged_latest("competitor-prices", 4, "comp:sku")
-    assert prices == {"acme": "8.75", "_seen_ms": "20"}
+    # The newer observation arrives first; the late, older one must not overwrite it.
+    await store.apply("competitor-prices", 0, [(0, ops_for("competitor-prices", later)),
+                                               (1, ops_for("competitor-prices", comp))])
+    prices = latest_by_event_time(await store.shard_hashes("competitor-prices", 4, "comp:sku"))
+    assert prices == {"acme": (20, "8.75")}
+
+
+@pytest.mark.parametrize("op", [
+    ("hincrby", "k", "f", "4.0"), ("hincrby", "k", "f", "x"), ("hincrbyfloat", "k", "f", "nan"),
+    ("zincrby", "k", "m", "inf"), ("hsetlatest", "k", "f", "no-time"), ("lpushcap", "k", "v", ""),
+    ("hset", "k", "f"),
+])
+async def test_bad_numbers_are_refused_before_any_write(store: StateStore, op: tuple) -> None:
+    good = ops_for("clicks", _view(0))
+    with pytest.raises(redis.exceptions.ResponseError, match="invalid op at offset 1"):
+        await store.apply("clicks", 0, [(0, good), (1, [*good, op])])
+    assert await _snapshot(store) == {}
+
+
+async def test_watermark_behind_the_callers_is_refused(store: StateStore) -> None:
+    """Redis lost writes the worker saw acknowledged: the script writes nothing and says so."""
+    await store.apply("clicks", 0, [(o, ops_for("clicks", _view(o))) for o in range(10)])
+    await store.client.set(store.shard("clicks", 0) + "wm", 4)     # as if the last writes were lost
+    result = await store.apply("clicks", 0, [(10, ops_for("clicks", _view(10)))], expected=9)
+    assert (result.applied, result.watermark) == (-1, 4)
+    assert await store.watermark("clicks", 0) == 4

@@ -27,7 +27,7 @@ from engine.resources import data_dir
 REASONS = (
     "too_large", "malformed_json", "not_an_object", "missing_field", "wrong_type",
     "out_of_range", "invalid_value", "unknown_field", "unknown_event_type",
-    "future_timestamp", "stale_timestamp",
+    "future_timestamp", "stale_timestamp", "unprocessable",
 )
 
 _RULE_REASONS = {
@@ -73,6 +73,10 @@ class Catalogue:
     @property
     def outputs(self) -> list[TopicSpec]:
         return [t for t in self.topics.values() if t.role == "output"]
+
+    def input_partitions(self) -> set[str]:
+        """Every input partition as "topic:partition" (what live workers must cover)."""
+        return {f"{t.name}:{p}" for t in self.inputs for p in range(t.partitions)}
 
     def dlq(self, topic: str) -> str:
         return topic + self.dlq_suffix

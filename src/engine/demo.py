@@ -40,6 +40,9 @@ def run_demo(settings: Settings, sources: Sequence[str], *, limit: int | None, a
     with embedded_stack(settings, base_env) as stack:
         summary = asyncio.run(_replay_and_measure(stack, sources, limit, with_invalid))
     say("stopped: API, worker, Redis and broker")
+    if summary.get("stopped_by"):
+        say(f"demo interrupted: {summary['stopped_by']}")
+        return 130 if summary.get("signal") else 1
     if as_json:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     else:
@@ -51,7 +54,12 @@ async def _replay_and_measure(stack: Stack, sources: Sequence[str], limit: int |
                               with_invalid: bool) -> dict[str, Any]:
     settings, catalogue = stack.settings, load_catalogue()
     store = StateStore.open(settings.redis)
-    stop = stack.supervisor.stop_requested.is_set
+    supervisor = stack.supervisor
+    interrupted = supervisor.stop_requested.is_set   # cheap: checked before every send
+
+    def halted() -> bool:   # Ctrl-C, SIGTERM, or a child (worker, API, servers) that died
+        return supervisor.wait(timeout=0.001) is not None
+
     try:
         records = build_records(settings, sources, limit=limit)
         tail = min(LIVE_TAIL_EVENTS, len(records) // 3)
@@ -59,21 +67,24 @@ async def _replay_and_measure(stack: Stack, sources: Sequence[str], limit: int |
         say(f"phase 1/2: backfill {len(backfill):,} real events (+ catalogue) as fast as possible")
         started = time.monotonic()
         invalid = _publish_invalid_examples(settings, catalogue) if with_invalid else 0
-        first = await asyncio.to_thread(_publish, settings, backfill, None, stop)
+        first = await asyncio.to_thread(_publish, settings, backfill, None, interrupted)
         expected = invalid + first.total
-        await _drain(store, catalogue, expected, stop)
+        await _drain(store, catalogue, expected, halted)
         backfill_s = time.monotonic() - started
         await asyncio.sleep(1.5)  # let workers flush the backfill's latencies, then forget them
         await store.client.delete(store.key("metrics:event_to_state"))
         say(f"phase 2/2: live tail {len(live):,} events at {LIVE_TAIL_RATE:,.0f} events/s")
-        second = await asyncio.to_thread(_publish, settings, live, LIVE_TAIL_RATE, stop)
+        second = await asyncio.to_thread(_publish, settings, live, LIVE_TAIL_RATE, interrupted)
         expected += second.total
-        stats = await _drain(store, catalogue, expected, stop)
+        stats = await _drain(store, catalogue, expected, halted)
         await asyncio.sleep(1.5)
         latency = await event_to_state_latency(store)
         sample = await _sample(store, catalogue)
     finally:
         await store.close()
+    reason = supervisor.wait(timeout=0.001)
+    if reason is not None:
+        return {"stopped_by": reason.message, "signal": reason.signal}
     return _summary(stats, expected, first.total + invalid, backfill_s, latency, invalid,
                     sample, stack.run_dir)
 

@@ -95,15 +95,17 @@ def run_up(settings: Settings, base_env: Mapping[str, str]) -> int:
 
 def _worker_ready(settings: Settings, catalogue: Catalogue) -> Callable[[], bool]:
     """Ready when live workers' heartbeats cover every input partition."""
-    expected = {f"{t.name}:{p}" for t in catalogue.inputs for p in range(t.partitions)}
-    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    expected = catalogue.input_partitions()
     key = f"{settings.redis.namespace}:workers"
 
     def check() -> bool:
+        client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
         try:
             beats = client.hgetall(key)
         except redis.RedisError:
             return False
+        finally:
+            client.close()
         covered = {tp for raw in beats.values() for tp in orjson.loads(raw)["assigned"]}
         return expected <= covered
 

@@ -31,6 +31,11 @@ class ApplyResult:
     skipped: int
     watermark: int
 
+    @property
+    def regressed(self) -> bool:
+        """Redis's watermark was behind the caller's: nothing was written."""
+        return self.applied == -1
+
 
 def connect(settings: RedisSettings) -> Any:
     """An asyncio client for ``settings.url``: plain, TLS (rediss://), ACL user or cluster."""
@@ -72,12 +77,18 @@ class StateStore:
         """A key outside any shard (worker registry, metrics), for single-key commands."""
         return f"{self.namespace}:{name}"
 
-    async def apply(self, topic: str, partition: int, batch: Batch) -> ApplyResult:
-        """Apply events (offset ascending) and advance the watermark, in one atomic call."""
+    async def apply(self, topic: str, partition: int, batch: Batch,
+                    expected: int | None = None) -> ApplyResult:
+        """Apply events (offset ascending) and advance the watermark, in one atomic call.
+
+        ``expected`` is the watermark the caller last saw; if Redis's is lower, Redis has lost
+        writes, nothing is applied and the result has ``applied == -1`` (see ``regressed``).
+        A batch with an invalid operation raises ``redis.ResponseError`` and writes nothing.
+        """
         prefix = self.shard(topic, partition)
         payload = orjson.dumps(batch)
-        applied, skipped, watermark = await self._apply(keys=[prefix + "wm"],
-                                                        args=[prefix, payload])
+        applied, skipped, watermark = await self._apply(
+            keys=[prefix + "wm"], args=[prefix, payload, "" if expected is None else expected])
         return ApplyResult(int(applied), int(skipped), int(watermark))
 
     async def watermark(self, topic: str, partition: int) -> int:

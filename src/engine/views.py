@@ -69,15 +69,30 @@ async def item_activity(store: StateStore, catalogue: Catalogue, item_id: str
                                                        f"item:{item_id}")).items():
             counts[field] = counts.get(field, 0.0) + value
     meta = await store.merged_latest("catalog", parts("catalog"), f"meta:{item_id}")
-    competitors = await store.merged_latest("competitor-prices", parts("competitor-prices"),
-                                            f"comp:{item_id}")
-    stock = await store.merged_latest("inventory", parts("inventory"), f"inv:{item_id}")
-    competitors.pop("_seen_ms", None)
+    competitors = latest_by_event_time(await store.shard_hashes(
+        "competitor-prices", parts("competitor-prices"), f"comp:{item_id}"))
+    stock = latest_by_event_time(await store.shard_hashes(
+        "inventory", parts("inventory"), f"inv:{item_id}"))
     return {
         "item_id": item_id,
         "counts": {k: (int(v) if float(v).is_integer() else round(v, 2))
                    for k, v in sorted(counts.items())},
         "catalog": meta,
-        "competitor_prices": {k: float(v) for k, v in sorted(competitors.items())},
-        "inventory": {k: int(v) for k, v in sorted(stock.items())},
+        "competitor_prices": {name: {"price": float(value), "event_time_ms": ts}
+                              for name, (ts, value) in sorted(competitors.items())},
+        "inventory": {dc: {"on_hand": int(value.split("|")[0]),
+                           "in_transit": int(value.split("|")[1]), "event_time_ms": ts}
+                      for dc, (ts, value) in sorted(stock.items())},
     }
+
+
+def latest_by_event_time(shards: list[dict[str, str]]) -> dict[str, tuple[int, str]]:
+    """Merge ``hsetlatest`` hashes ("<event_time_ms>|<value>") across shards: latest wins."""
+    out: dict[str, tuple[int, str]] = {}
+    for shard in shards:
+        for field, stamped in shard.items():
+            ts_text, _, value = stamped.partition("|")
+            ts = int(ts_text)
+            if field not in out or ts >= out[field][0]:
+                out[field] = (ts, value)
+    return out

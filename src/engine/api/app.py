@@ -70,7 +70,7 @@ class BrokerProbe:
 def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
     store = StateStore.open(settings.redis)
     probe = BrokerProbe(settings)
-    expected = {f"{t.name}:{p}" for t in catalogue.inputs for p in range(t.partitions)}
+    expected = catalogue.input_partitions()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +91,11 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
         REQUESTS.labels(name, str(response.status_code)).inc()
         REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
         return response
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error serving %s", request.url.path)
+        return JSONResponse({"detail": "internal error; it has been logged"}, 500)
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:

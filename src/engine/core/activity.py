@@ -28,10 +28,20 @@ def _num(x: float | int) -> str:
     return repr(float(x)) if isinstance(x, float) else str(x)
 
 
+def _int(x: float | int) -> str:
+    """JSON Schema's "integer" admits 4.0; Redis's integer commands do not."""
+    return str(int(x))
+
+
+def _stamped(event: Event, value: str) -> str:
+    """A value tagged with its event time, for ``hsetlatest`` (latest by event time wins)."""
+    return f"{event['event_time_ms']}|{value}"
+
+
 def _common(event: Event) -> list[Op]:
     return [
         ("hincrby", "stats", "valid", "1"),
-        ("hsetmax", "stats", "event_time_max", str(event["event_time_ms"])),
+        ("hsetmax", "stats", "event_time_max", _int(event["event_time_ms"])),
     ]
 
 
@@ -39,7 +49,7 @@ def _user(event: Event, item: str | None) -> list[Op]:
     user = event.get("user_id")
     if user is None:
         return []
-    ops: list[Op] = [("hsetmax", f"user:{user}", "last_event_ms", str(event["event_time_ms"]))]
+    ops: list[Op] = [("hsetmax", f"user:{user}", "last_event_ms", _int(event["event_time_ms"]))]
     if item is not None:
         ops.append(("lpushcap", f"user:{user}:recent", f"{event['event_type']}:{item}",
                     str(RECENT_ITEMS)))
@@ -54,7 +64,7 @@ def _clicks(event: Event) -> list[Op]:
     item = event["item_id"]
     ops: list[Op] = [("hincrby", f"item:{item}", kind, "1")]
     if kind == "rating":
-        ops.append(("hincrby", f"item:{item}", "rating_sum", str(event["rating"])))
+        ops.append(("hincrby", f"item:{item}", "rating_sum", _int(event["rating"])))
     return ops + _user(event, item)
 
 
@@ -63,7 +73,7 @@ def _carts(event: Event) -> list[Op]:
     if kind == "checkout":
         return [("hincrby", "stats", "checkouts", "1"), *_user(event, None)]
     item, qty = event["item_id"], event["quantity"]
-    return [("hincrby", f"item:{item}", f"cart_{kind}", str(qty)), *_user(event, item)]
+    return [("hincrby", f"item:{item}", f"cart_{kind}", _int(qty)), *_user(event, item)]
 
 
 def _orders(event: Event) -> list[Op]:
@@ -72,11 +82,11 @@ def _orders(event: Event) -> list[Op]:
     region = event["region"]
     ops: list[Op] = []
     for line in event["lines"]:
-        item, qty = line["item_id"], line["quantity"]
+        item, qty = line["item_id"], int(line["quantity"])
         revenue = qty * line["unit_price"]
         ops += [
             ("hincrby", f"item:{item}", "units_returned" if returned else "units_sold", str(qty)),
-            ("hincrbyfloat", f"item:{item}", "revenue", _num(sign * revenue)),
+            ("hincrbyfloat", f"item:{item}", "revenue", _num(float(sign * revenue))),
             ("zincrby", f"demand:{region}", item, str(sign * qty)),
         ]
         if event.get("user_id") is not None and not returned:
@@ -85,24 +95,18 @@ def _orders(event: Event) -> list[Op]:
     ops.append(("hincrby", "stats", "returns" if returned else "orders", "1"))
     if event.get("user_id") is not None:
         ops.append(("hsetmax", f"user:{event['user_id']}", "last_event_ms",
-                    str(event["event_time_ms"])))
+                    _int(event["event_time_ms"])))
     return ops
 
 
 def _competitor_prices(event: Event) -> list[Op]:
-    item = event["item_id"]
-    return [
-        ("hset", f"comp:{item}", event["competitor"], _num(event["price"])),
-        ("hsetmax", f"comp:{item}", "_seen_ms", str(event["event_time_ms"])),
-    ]
+    value = _stamped(event, _num(event["price"]))
+    return [("hsetlatest", f"comp:{event['item_id']}", event["competitor"], value)]
 
 
 def _inventory(event: Event) -> list[Op]:
-    item, dc = event["item_id"], event["dc"]
-    return [
-        ("hset", f"inv:{item}", f"{dc}:on_hand", str(event["on_hand"])),
-        ("hset", f"inv:{item}", f"{dc}:in_transit", str(event.get("in_transit", 0))),
-    ]
+    levels = f"{_int(event['on_hand'])}|{_int(event.get('in_transit', 0))}"
+    return [("hsetlatest", f"inv:{event['item_id']}", event["dc"], _stamped(event, levels))]
 
 
 _META_FIELDS = ("title", "category", "brand", "unit_cost", "list_price", "currency",

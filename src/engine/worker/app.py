@@ -9,27 +9,37 @@ come from the catalogue rather than Faust's auto-declaration.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
 import socket
 import tempfile
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
-from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from engine import metrics
-from engine.config import KafkaSettings, Settings
+from engine.config import Settings
 from engine.contracts import Catalogue, Rejection, Validator
+from engine.errors import StateError
+from engine.kafka_client import faust_credentials
 from engine.store import StateStore
-from engine.worker.processor import BatchProcessor, RawRecord
+from engine.worker.processor import TRANSIENT_REDIS_ERRORS, BatchProcessor, RawRecord
 
 log = logging.getLogger(__name__)
+
+#: Exit status of a worker that stopped itself to protect the state (EX_SOFTWARE).
+EXIT_FATAL = 70
+#: Attempts, a second apart, to read the watermarks when partitions are assigned.
+RESUME_ATTEMPTS = 30
+#: Dead letters keep at most this much of a key; longer keys are cut, with a hash in a header.
+DLQ_MAX_KEY_BYTES = 1024
 
 
 def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
@@ -51,11 +61,15 @@ def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
             # then resume from the Redis watermark instead, or those records would never count.
             await super().perform_seek()
             hook = getattr(self.app, "resume_from", None)
-            if hook is not None:
+            if hook is None:
+                return
+            try:
                 committed = {tp: off for tp, off in self._committed_offset.items()
                              if tp in self.assignment()}
                 for tp, offset in (await hook(committed)).items():
                     await self.seek(tp, offset)
+            except Exception:  # Faust swallows errors here; a skipped rewind would lose data
+                die("cannot check the Redis watermarks of the assigned partitions")
 
     class Transport(faust_aiokafka.Transport):
         Consumer = TunedConsumer
@@ -88,16 +102,17 @@ def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
     )
 
 
-def faust_credentials(k: KafkaSettings) -> Any:
-    ssl_context = None
-    if k.security_protocol.endswith("SSL"):
-        ssl_context = create_ssl_context(cafile=k.ssl_cafile or None,
-                                         certfile=k.ssl_certfile or None,
-                                         keyfile=k.ssl_keyfile or None)
-    if k.security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
-                                     mechanism=k.sasl_mechanism, ssl_context=ssl_context)
-    return faust.SSLCredentials(ssl_context) if ssl_context else None
+def die(why: str) -> NoReturn:
+    """Leave at once, before Faust can acknowledge or commit the records in flight.
+
+    Used when a batch cannot be applied, or Redis lost acknowledged writes: the records stay
+    uncommitted, and the restarted worker resumes from the Redis watermark. Exiting through
+    Faust instead would run the take buffer's ``finally``, acknowledge the failed batch and
+    commit past it.
+    """
+    log.critical("worker exiting: %s", why, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
 
 
 def resume_offsets(watermarks: dict[TP, int], committed: dict[TP, int | None]
@@ -139,7 +154,11 @@ class Worker:
                 records = [RawRecord(e.message.partition, e.message.offset,
                                      int(e.message.timestamp * 1000), e.message.key,
                                      e.message.value) for e in events]
-                await processor.process(name, records)
+                try:
+                    await processor.process(name, records)
+                except Exception:
+                    die(f"cannot apply a batch of {name} ({len(records)} records from offset "
+                        f"{records[0].offset} of partition {records[0].partition})")
 
         consume.__name__ = f"apply_{name.replace('-', '_')}"
         self.app.agent(topic, name=f"engine.apply.{name}", concurrency=1)(consume)
@@ -154,9 +173,18 @@ class Worker:
             ("dlq.offset", str(record.offset).encode()),
             ("dlq.timestamp", str(record.timestamp_ms).encode()),
         ]
+        key, value = record.key, record.value or b""
+        limit = self.settings.validation.max_event_bytes
+        if len(value) > limit:   # a record the broker took may not fit again beside headers
+            headers += [("dlq.truncated_from", str(len(value)).encode()),
+                        ("dlq.sha256", hashlib.sha256(value).hexdigest().encode())]
+            value = value[:limit]
+        if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+            headers += [("dlq.key_sha256", hashlib.sha256(key).hexdigest().encode())]
+            key = key[:DLQ_MAX_KEY_BYTES]
         try:
-            return await self._dlq[topic].send(key=record.key, value=record.value or b"",
-                                               headers=headers, force=True)
+            return await self._dlq[topic].send(key=key, value=value, headers=headers,
+                                               force=True)
         except Exception:
             metrics.BROKER_ERRORS.labels(self.catalogue.dlq(topic)).inc()
             raise
@@ -166,7 +194,17 @@ class Worker:
         offset, return the offset to resume from (the first record Redis has not applied)."""
         mine = sorted((tp.topic, tp.partition) for tp in self.app.consumer.assignment()
                       if tp.topic in self._inputs)
-        await self.processor.load_watermarks(mine)
+        self.processor.watermarks.clear()
+        for attempt in range(RESUME_ATTEMPTS):
+            try:
+                await self.processor.load_watermarks(mine)
+                break
+            except TRANSIENT_REDIS_ERRORS as exc:
+                log.warning("Redis unavailable reading watermarks (%s); retry %d of %d", exc,
+                            attempt + 1, RESUME_ATTEMPTS)
+                await asyncio.sleep(1.0)
+        else:
+            raise StateError("Redis unavailable: cannot read the watermarks of the assignment")
         metrics.ASSIGNED.set(len(mine))
         marks = {TP(t, p): self.processor.watermarks[(t, p)] for t, p in mine}
         seeks = resume_offsets(marks, committed)
@@ -185,6 +223,13 @@ class Worker:
                       if tp.topic in self._inputs)
 
     async def _heartbeat(self) -> None:
+        try:
+            await self._beat()
+        except TRANSIENT_REDIS_ERRORS as exc:   # a timer's error would stop the whole worker
+            metrics.REDIS_ERRORS.inc()
+            log.warning("heartbeat not written: Redis unavailable (%s)", exc)
+
+    async def _beat(self) -> None:
         assigned = self._assigned()
         for topic, partition in assigned:
             high = self.app.consumer.highwater(TP(topic, partition))
@@ -199,15 +244,24 @@ class Worker:
 
     async def _flush_latency(self) -> None:
         counts = self.processor.latency.drain()
-        if counts:
-            key = self.store.key("metrics:event_to_state")
-            pipe = self.store.client.pipeline(transaction=False)
-            for bucket, n in counts.items():
-                pipe.hincrby(key, str(bucket), n)
+        if not counts:
+            return
+        key = self.store.key("metrics:event_to_state")
+        pipe = self.store.client.pipeline(transaction=False)
+        for bucket, n in counts.items():
+            pipe.hincrby(key, str(bucket), n)
+        try:
             await pipe.execute()
+        except TRANSIENT_REDIS_ERRORS as exc:
+            metrics.REDIS_ERRORS.inc()
+            self.processor.latency.counts.update(counts)   # keep them for the next flush
+            log.warning("latency histogram not flushed: Redis unavailable (%s)", exc)
 
     async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
         self.processor.stopping = True
         await self._flush_latency()
-        await self.store.client.hdel(self.store.key("workers"), self.id)
+        try:
+            await self.store.client.hdel(self.store.key("workers"), self.id)
+        except TRANSIENT_REDIS_ERRORS as exc:
+            log.warning("worker not removed from the registry: Redis unavailable (%s)", exc)
         await self.store.close()

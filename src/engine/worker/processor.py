@@ -14,21 +14,36 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.exceptions
 
 from engine import metrics
 from engine.contracts import Rejection, Validator
 from engine.core.activity import Op, dead_letter_ops, ops_for
+from engine.errors import StateError
 from engine.latency import LatencyHistogram
-from engine.store import StateStore
+from engine.store import ApplyResult, StateStore
 
 log = logging.getLogger(__name__)
 
 #: Redis errors worth waiting out (server restarting, failover); anything else is a bug.
-_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+TRANSIENT_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
               redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError,
               redis.exceptions.ClusterDownError)
+
+
+class WatermarkRegressed(StateError):
+    """Redis's watermark went backwards under a running worker: it lost acknowledged writes.
+
+    Fatal for the worker process: a restarted worker is assigned the partition again and
+    rewinds Kafka to the Redis watermark (``worker.app``), replaying what Redis lost.
+    """
+
+
+#: Reason for records whose state operations Redis refused one by one (a bug, never bad input:
+#: input is validated first). The records are dead-lettered so the partition keeps moving.
+UNPROCESSABLE = "unprocessable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +62,10 @@ DeadLetterSink = Callable[[str, RawRecord, Rejection], Awaitable[Awaitable[objec
 
 class BatchProcessor:
     def __init__(self, store: StateStore, validator: Validator, dead_letter: DeadLetterSink,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 core: Callable[[str, dict[str, Any]], list[Op]] = ops_for) -> None:
         self.store = store
+        self.core = core
         self.validator = validator
         self.dead_letter = dead_letter
         self.clock = clock
@@ -74,13 +91,13 @@ class BatchProcessor:
                 metrics.EVENTS.labels(topic, "duplicate").inc()
                 self.duplicates += 1
                 continue
-            result = self.validator.check(topic, record.value, record.timestamp_ms)
-            if isinstance(result, Rejection):
-                letters.append(await self.dead_letter(topic, record, result))
-                metrics.DEAD_LETTERS.labels(topic, result.reason).inc()
-                ops = dead_letter_ops(result.reason)
+            checked = self.validator.check(topic, record.value, record.timestamp_ms)
+            if isinstance(checked, Rejection):
+                letters.append(await self.dead_letter(topic, record, checked))
+                metrics.DEAD_LETTERS.labels(topic, checked.reason).inc()
+                ops = dead_letter_ops(checked.reason)
             else:
-                ops = ops_for(topic, result)
+                ops = self.core(topic, checked)
             slices.setdefault(record.partition, []).append((record.offset, ops))
             fresh.append(record)
         validated = time.perf_counter()
@@ -91,7 +108,7 @@ class BatchProcessor:
         applied_at = time.perf_counter()
         skipped = 0
         for partition, batch in slices.items():
-            result = await self._apply(topic, partition, batch)
+            result = await self._apply_or_isolate(topic, partition, batch, fresh)
             self.watermarks[(topic, partition)] = result.watermark
             if result.skipped:
                 metrics.EVENTS.labels(topic, "duplicate").inc(result.skipped)
@@ -112,12 +129,40 @@ class BatchProcessor:
         ok.inc(len(fresh) - skipped)
         self.applied += len(fresh) - skipped
 
-    async def _apply(self, topic: str, partition: int, batch: list[tuple[int, list[Op]]]):
+    async def _apply_or_isolate(self, topic: str, partition: int,
+                                batch: list[tuple[int, list[Op]]], records: Sequence[RawRecord]
+                                ) -> ApplyResult:
+        """Apply a partition's slice; if Redis refuses it (the script names an invalid op and
+        writes nothing), apply event by event and dead-letter the ones it refuses."""
+        try:
+            return await self._apply(topic, partition, batch)
+        except redis.exceptions.ResponseError as exc:
+            log.error("Redis refused %s[%d] offsets %d-%d (%s); isolating the event(s)", topic,
+                      partition, batch[0][0], batch[-1][0], exc)
+        by_offset = {r.offset: r for r in records if r.partition == partition}
+        total = ApplyResult(0, 0, self.watermarks.get((topic, partition), -1))
+        for offset, ops in batch:
+            try:
+                result = await self._apply(topic, partition, [(offset, ops)])
+            except redis.exceptions.ResponseError as exc:
+                rejection = Rejection(UNPROCESSABLE, str(exc)[:300])
+                await (await self.dead_letter(topic, by_offset[offset], rejection))
+                metrics.DEAD_LETTERS.labels(topic, UNPROCESSABLE).inc()
+                result = await self._apply(topic, partition,
+                                           [(offset, dead_letter_ops(UNPROCESSABLE))])
+            self.watermarks[(topic, partition)] = result.watermark
+            total = ApplyResult(total.applied + result.applied, total.skipped + result.skipped,
+                                result.watermark)
+        return total
+
+    async def _apply(self, topic: str, partition: int, batch: list[tuple[int, list[Op]]]
+                     ) -> ApplyResult:
         delay = 0.05
+        expected = self.watermarks.get((topic, partition))
         while True:
             try:
-                return await self.store.apply(topic, partition, batch)
-            except _TRANSIENT as exc:
+                result = await self.store.apply(topic, partition, batch, expected)
+            except TRANSIENT_REDIS_ERRORS as exc:
                 if self.stopping:
                     raise
                 metrics.REDIS_ERRORS.inc()
@@ -125,3 +170,9 @@ class BatchProcessor:
                             "%.2fs", topic, partition, batch[0][0], batch[-1][0], exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            if result.regressed:
+                raise WatermarkRegressed(
+                    f"Redis watermark of {topic}[{partition}] is {result.watermark}, behind the "
+                    f"{expected} this worker applied: Redis lost acknowledged writes")
+            return result
