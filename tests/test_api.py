@@ -59,10 +59,16 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient,
     assert "engine_state_events" in response.text and "engine_live_workers" in response.text
 
 
-async def test_stats_and_item_activity(client: httpx.AsyncClient) -> None:
+async def test_stats_and_item_activity(client: httpx.AsyncClient,
+                                       worker: ManagedProcess) -> None:
     stats = (await client.get("/v1/stats")).json()
     assert set(stats["topics"]) >= {"clicks", "orders", "catalog"}
     assert "p99" in stats["event_to_state_ms"]
+    # Each worker says where its own Prometheus endpoint is, and it answers.
+    (beat,) = [w for w in stats["workers"] if w["pid"] == worker.pid]
+    async with httpx.AsyncClient() as direct:
+        scraped = await direct.get(beat["metrics_url"])
+    assert scraped.status_code == 200 and "engine_events_total" in scraped.text
     item = (await client.get("/v1/items/no-such-item/activity")).json()
     assert item == {"item_id": "no-such-item", "counts": {}, "catalog": {},
                     "competitor_prices": {}, "inventory": {}}

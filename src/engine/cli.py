@@ -125,11 +125,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     catalogue = load_catalogue()
     if settings.kafka.create_topics:
         _create_topics(settings, catalogue)
+    metrics_url = None
     if settings.worker.metrics_port >= 0:
         server, _ = start_http_server(settings.worker.metrics_port, addr=settings.api.host)
-        log.warning("worker metrics on http://%s:%d/metrics", settings.api.host,
-                    server.server_port)
-    worker = Worker(settings, catalogue)
+        metrics_url = f"http://{settings.api.host}:{server.server_port}/metrics"
+        log.warning("worker metrics on %s", metrics_url)
+    worker = Worker(settings, catalogue, metrics_url)
     faust.Worker(worker.app, loglevel=args.loglevel, quiet=True,
                  redirect_stdouts=False).execute_from_commandline()
     return 0

@@ -126,8 +126,10 @@ def resume_offsets(watermarks: dict[TP, int], committed: dict[TP, int | None]
 class Worker:
     """Wires settings, catalogue, Redis and the Faust app; owns the worker's timers."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+    def __init__(self, settings: Settings, catalogue: Catalogue,
+                 metrics_url: str | None = None) -> None:
         self.settings = settings
+        self.metrics_url = metrics_url
         self.catalogue = catalogue
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_ms = int(time.time() * 1000)
@@ -239,6 +241,7 @@ class Worker:
         beat = {"pid": os.getpid(), "host": socket.gethostname(), "started_ms": self.started_ms,
                 "heartbeat_ms": int(time.time() * 1000),
                 "applied": self.processor.applied, "duplicates": self.processor.duplicates,
+                "metrics_url": self.metrics_url,
                 "assigned": [f"{t}:{p}" for t, p in assigned]}
         await self.store.client.hset(self.store.key("workers"), self.id, orjson.dumps(beat))
 
