@@ -18,6 +18,12 @@ Op codes (key is relative to the shard prefix):
   hsetlatest    HSET key a b where b is "<event_time_ms>|<value>", unless the stored value has a
                 later event time: the latest observation by event time, whatever the arrival order
   zincrby       ZINCRBY key b a            weighted tally of member a
+  covisit       co-occurrence, for recommendations: key is a user's history (sorted set item ->
+                last event time), a the item, b "t|score|window_ms|history|partners|top_n|co:".
+                Each of the `partners` most recent history items within window_ms of t (other
+                than a) gains `score` with a, both ways, in sorted sets "<co:><item>", which keep
+                their `top_n` best members; then a joins the history at time t (kept to the
+                `history` most recent items).
   lpushcap      LPUSH key a, LTRIM to the newest b entries (bounded recent history)
 
 An event whose offset is at or below the watermark was applied before (Kafka re-delivered it
@@ -46,9 +52,21 @@ local function stamped(x)
   return ts ~= nil
 end
 local function anything() return true end
+local COVISIT = '^(%d+)|([^|]+)|(%d+)|(%d+)|(%d+)|(%d+)|(.+)$'
+local function covisit_spec(x)
+  local t, score = string.match(x, COVISIT)
+  return t ~= nil and finite(score)
+end
+local function prune(key, top_n)
+  -- let a set grow a quarter past its bound before trimming, so trimming is rare
+  if redis.call('ZCARD', key) > top_n + math.floor(top_n / 4) then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(top_n + 1))
+  end
+end
 -- what the fourth field of each op must be
 local check = {hincrby = integer, hincrbyfloat = finite, hset = anything, hsetmax = finite,
-               hsetlatest = stamped, zincrby = finite, lpushcap = integer}
+               hsetlatest = stamped, zincrby = finite, lpushcap = integer,
+               covisit = covisit_spec}
 
 for _, event in ipairs(batch) do
   for _, op in ipairs(event[2]) do
@@ -88,6 +106,27 @@ for _, event in ipairs(batch) do
         end
       elseif code == 'zincrby' then
         redis.call('ZINCRBY', key, b, a)
+      elseif code == 'covisit' then
+        local t, score, window, history, partners, top_n, co = string.match(b, COVISIT)
+        t, window, history = tonumber(t), tonumber(window), tonumber(history)
+        partners, top_n = tonumber(partners), tonumber(top_n)
+        local recent = redis.call('ZREVRANGEBYSCORE', key, '+inf', t - window,
+                                  'LIMIT', 0, partners + 1)
+        local seen = 0
+        for _, other in ipairs(recent) do
+          if other ~= a and seen < partners then
+            seen = seen + 1
+            local mine, theirs = prefix .. co .. a, prefix .. co .. other
+            redis.call('ZINCRBY', mine, score, other)
+            redis.call('ZINCRBY', theirs, score, a)
+            prune(mine, top_n)
+            prune(theirs, top_n)
+          end
+        end
+        redis.call('ZADD', key, 'GT', t, a)   -- adds a new item; a late, older event keeps the newer time
+        if redis.call('ZCARD', key) > history then
+          redis.call('ZREMRANGEBYRANK', key, 0, -(history + 1))
+        end
       elseif code == 'lpushcap' then
         redis.call('LPUSH', key, a)
         redis.call('LTRIM', key, 0, tonumber(b) - 1)

@@ -114,6 +114,36 @@ class ReplaySettings:
 
 
 @dataclass(frozen=True)
+class RecommendSettings:
+    weight_view: float
+    weight_wishlist: float
+    weight_rating: float
+    weight_rating_low: float
+    weight_cart: float
+    weight_purchase: float
+    half_life_days: float
+    decay_epoch: str
+    session_window_minutes: float
+    purchase_window_days: float
+    history_size: int
+    partners_per_event: int
+    neighbours_per_item: int
+    bought_together_boost: float
+    seed_items: int
+    seed_half_life_hours: float
+    context_weight: float
+    context_category_boost: float
+    repurchasable_categories: tuple[str, ...]
+    max_per_brand: int
+    max_per_category: int
+
+    @property
+    def decay_epoch_ms(self) -> int:
+        day = dt.date.fromisoformat(self.decay_epoch)
+        return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
 class Region:
     dc: str
     lead_time_days: float
@@ -128,6 +158,7 @@ class Settings:
     api: ApiSettings
     embedded: EmbeddedSettings
     replay: ReplaySettings
+    recommend: RecommendSettings
     regions: Mapping[str, Region]
 
     def region(self, name: str) -> Region:
@@ -150,6 +181,7 @@ _SECTIONS: dict[str, type] = {
     "api": ApiSettings,
     "embedded": EmbeddedSettings,
     "replay": ReplaySettings,
+    "recommend": RecommendSettings,
 }
 
 
@@ -279,3 +311,14 @@ def _check(s: Settings) -> None:
     except ValueError:
         raise ConfigError(f"validation.min_event_time must be an ISO date: "
                           f"{s.validation.min_event_time!r}") from None
+    try:
+        s.recommend.decay_epoch_ms  # noqa: B018
+    except ValueError:
+        raise ConfigError(f"recommend.decay_epoch must be an ISO date: "
+                          f"{s.recommend.decay_epoch!r}") from None
+    r = s.recommend
+    for key in ("half_life_days", "session_window_minutes", "purchase_window_days",
+                "history_size", "partners_per_event", "neighbours_per_item", "seed_items",
+                "seed_half_life_hours"):
+        if getattr(r, key) <= 0:
+            raise ConfigError(f"recommend.{key} must be positive, got {getattr(r, key)}")

@@ -27,6 +27,7 @@ from faust.types import TP
 from engine import metrics
 from engine.config import Settings
 from engine.contracts import Catalogue, Rejection, Validator
+from engine.core.compose import decision_core
 from engine.errors import StateError
 from engine.kafka_client import faust_credentials
 from engine.store import StateStore
@@ -136,7 +137,7 @@ class Worker:
         self.app = build_app(settings, catalogue)
         self.store = StateStore.open(settings.redis)
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
-                                        self._dead_letter)
+                                        self._dead_letter, core=decision_core(settings))
         self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in catalogue.inputs}
         self._inputs = {t.name: self.app.topic(t.name, partitions=t.partitions)
                         for t in catalogue.inputs}

@@ -1,0 +1,1 @@
+"""Recommendations: the online model, its baselines and the offline evaluator (issue 3)."""
