@@ -26,11 +26,14 @@ def _answers(client: redis.Redis) -> bool:
 def redis_cluster(run_dir: Path, primaries: int = 3) -> Iterator[str]:
     """Start the cluster; yield a seed URL; stop every node on exit."""
     ports = [free_port() for _ in range(primaries)]
+    # The bus port defaults to port + 10000, impossible above 55535: choose it explicitly.
+    buses = [free_port() for _ in range(primaries)]
     nodes = [ManagedProcess(f"cluster-{port}", [
         str(find_redis_binary()), "--port", str(port), "--bind", "127.0.0.1",
-        "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+        "--cluster-enabled", "yes", "--cluster-port", str(bus),
+        "--cluster-config-file", f"nodes-{port}.conf",
         "--dir", str(run_dir), "--save", "", "--appendonly", "no"],
-        run_dir / f"cluster-{port}.log") for port in ports]
+        run_dir / f"cluster-{port}.log") for port, bus in zip(ports, buses, strict=True)]
     try:
         for node in nodes:
             node.start()
@@ -41,8 +44,8 @@ def redis_cluster(run_dir: Path, primaries: int = 3) -> Iterator[str]:
         for i, client in enumerate(clients):
             last = SLOTS - 1 if i == primaries - 1 else (i + 1) * step - 1
             client.execute_command("CLUSTER ADDSLOTSRANGE", i * step, last)
-        for port in ports[1:]:
-            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+        for port, bus in zip(ports[1:], buses[1:], strict=True):
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port, bus)
         deadline = time.monotonic() + 20
         while not all(c.cluster("info")["cluster_state"] == "ok" for c in clients):
             if time.monotonic() > deadline:
