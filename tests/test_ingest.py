@@ -49,8 +49,8 @@ def _examples(catalogue: Catalogue, topic: str, kind: str) -> list[dict[str, Any
 
 def _tagged(event: dict[str, Any], token: str) -> dict[str, Any]:
     """A valid example with its ids prefixed (DERIVED: keeps this test's state its own)."""
-    out = {k: f"{token}-{v}" if k in ("event_id", "user_id", "item_id", "order_id") else v
-           for k, v in event.items()}
+    ids = ("event_id", "user_id", "item_id", "order_id")
+    out: dict[str, Any] = {k: f"{token}-{v}" if k in ids else v for k, v in event.items()}
     if "lines" in out:
         out["lines"] = [dict(line, item_id=f"{token}-{line['item_id']}") for line in out["lines"]]
     return out
@@ -139,6 +139,18 @@ async def test_mixed_batch_judged_per_event_and_accepted_ones_on_the_topics(
         by_partition.setdefault((t, p), []).append(o)
     assert all(offsets == sorted(set(offsets)) for offsets in by_partition.values())
     assert any(len(offsets) > 1 for offsets in by_partition.values())
+
+
+def test_documented_in_openapi(settings: Settings, catalogue: Catalogue) -> None:
+    app = FastAPI()
+    app.include_router(Ingestor(settings, catalogue).router)
+    spec = app.openapi()
+    operation = spec["paths"]["/v1/events"]["post"]
+    assert {"200", "403", "413", "422", "503"} <= set(operation["responses"])
+    events = spec["components"]["schemas"]["IngestRequest"]["properties"]["events"]
+    assert (events["minItems"], events["maxItems"]) == (1, MAX_EVENTS)
+    topic = spec["components"]["schemas"]["IngestItem"]["properties"]["topic"]
+    assert topic["enum"] == list(INGESTABLE)
 
 
 @pytest.mark.parametrize("topic", ["inventory", "competitor-prices", "catalog", "prices"])
@@ -231,7 +243,7 @@ async def test_broker_down_is_503_naming_the_unconfirmed_events(
         "unconfirmed"] * 3
 
 
-async def test_broker_lost_after_connecting_is_503_then_recovers_with_a_new_broker(
+async def test_broker_lost_after_connecting_is_503(
         settings: Settings, catalogue: Catalogue, tmp_path: Path) -> None:
     """Deliveries that time out on a connected producer are reported, not hung on."""
     broker = start_broker(tmp_path)
@@ -244,7 +256,7 @@ async def test_broker_lost_after_connecting_is_503_then_recovers_with_a_new_brok
         async with _client(private, catalogue, timeout_s=2.0) as client:
             first = await client.post("/v1/events", json=batch)
             assert first.status_code == 200 and first.json()["accepted"] == 3
-            broker.stop()
+            broker.stop(timeout=0.5)  # killed, not shut down politely
             started = time.monotonic()
             lost = await client.post("/v1/events", json=batch)
             assert time.monotonic() - started < 5

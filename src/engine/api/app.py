@@ -15,15 +15,18 @@ from typing import Any
 
 import redis.exceptions
 from aiokafka import AIOKafkaClient
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
 
 from engine import __version__, views
 from engine.api.docs import DOCS_HTML
+from engine.api.ingest import Ingestor
 from engine.config import Settings
 from engine.contracts import Catalogue
 from engine.kafka_client import aiokafka_options
+from engine.recommend.query import Recommender, Result
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,31 @@ STATE_DLQ = Gauge("engine_state_dead_letters", "Dead-lettered records by reason,
                   ["topic", "reason"])
 LIVE_WORKERS = Gauge("engine_live_workers", "Workers with a fresh heartbeat")
 
-ItemId = Path(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")
+ID_PATTERN = r"^[^\s\x00-\x1f]+$"
+ItemId = Path(min_length=1, max_length=128, pattern=ID_PATTERN)
+UserId = Path(min_length=1, max_length=128, pattern=ID_PATTERN)
+K = Query(10, ge=1, le=100, description="how many items (1-100)")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="relative strength; 0 for fill-ins (trending, similar_to)")
+    reason: dict[str, Any] = Field(description="machine-readable: type (co_viewed_with, "
+                                   "bought_together_with, trending_in, similar_to, "
+                                   "personal_model) and the items or signals behind it")
+
+
+class Recommendations(BaseModel):
+    items: list[RecommendedItem]
+    model_version: str
+    state_event_time_ms: int | None = Field(description="latest event time the state reflects")
+
+
+def _response(result: Result) -> Recommendations:
+    return Recommendations(items=[RecommendedItem(item_id=r.item_id, score=r.score,
+                                                  reason=r.reason) for r in result.items],
+                           model_version=result.model_version,
+                           state_event_time_ms=result.state_event_time_ms)
 
 
 class BrokerProbe:
@@ -69,18 +96,23 @@ class BrokerProbe:
 
 def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
     store = StateStore.open(settings.redis)
+    recommender = Recommender(store, catalogue, settings)
+    ingestor = Ingestor(settings, catalogue)
     probe = BrokerProbe(settings)
     expected = catalogue.input_partitions()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await ingestor.stop()
         await store.close()
 
     app = FastAPI(title="Streaming decision engine", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,
                   description="Live e-commerce decisions (recommendations, stocking, prices) "
                   "computed from Kafka streams with state in Redis.")
+
+    app.include_router(ingestor.router)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
@@ -158,6 +190,25 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
              "item")
     async def item_activity(item_id: str = ItemId) -> dict[str, Any]:
         return await views.item_activity(store, catalogue, item_id)
+
+    @app.get("/v1/users/{user_id}/recommendations", tags=["recommendations"],
+             response_model=Recommendations,
+             summary="Personal recommendations; with context_item (what is in the cart) its "
+             "neighbours and category are favoured; unknown users get trending items")
+    async def user_recommendations(
+            user_id: str = UserId, k: int = K,
+            context_item: str | None = Query(None, min_length=1, max_length=128,
+                                             pattern=ID_PATTERN),
+            category: str | None = Query(None, min_length=1, max_length=256,
+                                         description="only this category (and its children)")
+    ) -> Recommendations:
+        return _response(await recommender.for_user(user_id, k, context_item, category))
+
+    @app.get("/v1/items/{item_id}/similar", tags=["recommendations"],
+             response_model=Recommendations,
+             summary="Customers who viewed or bought this also viewed or bought")
+    async def similar_items(item_id: str = ItemId, k: int = K) -> Recommendations:
+        return _response(await recommender.similar(item_id, k))
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -4,7 +4,8 @@ Each event is checked by the same ``Validator`` as the worker's Kafka input (siz
 event time), judged against the moment the request arrived, and the accepted ones are published,
 in request order, with one long-lived producer (``acks="all"``). The answer waits for the
 broker's acknowledgement of every accepted event, so "accepted" means durably on the topic, and
-names the partition and offset; a rejected event gets the same reason a dead letter would.
+names the partition and offset; a rejected event gets the same reason a dead letter would. The
+value published is the event re-encoded by orjson (compact; the bytes that were validated).
 
 Wiring into ``create_api`` (the producer connects on the first request, so the API starts and
 answers ``/healthz`` while the broker is down; ``stop`` flushes and closes it)::

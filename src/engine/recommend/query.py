@@ -178,42 +178,28 @@ class Recommender:
     # --- public -----------------------------------------------------------------------------
 
     async def similar(self, item: str, k: int) -> Result:
-        """Customers who viewed/bought this also viewed/bought; cold items fall back to their
-        category's trending items."""
+        """Customers who viewed/bought this also viewed/bought; items without links yet get
+        their category's trending items (reason ``similar_to``)."""
         neighbours = await self._neighbours([item])
         candidates = {c for rel in neighbours.values() for c in rel.get(item, {})}
         pops = await self._popularity([item, *candidates])
         scored = score_candidates({item: 1.0}, neighbours, pops, self.s.bought_together_boost)
         scored.pop(item, None)
-        ranked = self._rank(scored)
-        labels = await self._labels([item, *[c.item for c in ranked]])
-        chosen = diversify([c.item for c in ranked], labels, k, self.s.max_per_brand,
-                           self.s.max_per_category)
-        by_item = {c.item: c for c in ranked}
-        items = [Recommendation(i, round(by_item[i].score, 6), explain(by_item[i]))
-                 for i in chosen]
-        if len(items) < k:
-            items += await self._fill_similar(item, labels.get(item, (None, None)), k, items)
-        return Result(items, MODEL_VERSION, await self._state_time())
-
-    async def _fill_similar(self, item: str, label: tuple[str | None, str | None], k: int,
-                            have: list[Recommendation]) -> list[Recommendation]:
-        category, brand = label
-        if category is None:
-            return []
-        taken = {r.item_id for r in have} | {item}
-        out = []
-        for other, score in await self._trending(category, k + len(taken)):
-            if other not in taken:
-                out.append(Recommendation(other, 0.0, {
-                    "type": "similar_to", "items": [item], "category": category,
-                    **({"brand": brand} if brand else {}), "trending_score": round(score, 6)}))
-            if len(have) + len(out) == k:
-                break
-        return out
+        picks = [(c.item, c.score, explain(c)) for c in self._rank(scored)]
+        category, brand = (await self._labels([item]))[item]
+        if len(picks) < k and category is not None:
+            taken = {i for i, _, _ in picks} | {item}
+            picks += [(other, 0.0, {"type": "similar_to", "items": [item],
+                                    "category": category, **({"brand": brand} if brand else {}),
+                                    "trending_score": round(score, 6)})
+                      for other, score in await self._trending(category, 2 * k + len(taken))
+                      if other not in taken]
+        return await self._finish(picks, k, set())
 
     async def for_user(self, user: str, k: int, context_item: str | None = None,
                        category: str | None = None) -> Result:
+        """Personal list: neighbours of the user's recent history (and of the context item),
+        then the rules; filled with trending items (in the context's or requested category)."""
         history = await self._history(user)
         seen = {**history[CO_VIEWED], **history[BOUGHT_TOGETHER]}
         seeds = self._seeds(seen)
@@ -228,23 +214,31 @@ class Recommender:
             for seed in seeds:
                 scored.pop(seed, None)
             ranked = self._rank(scored)
-        labels = await self._labels([*(c.item for c in ranked), *([context_item]
-                                                                  if context_item else [])])
-        ranked = self._apply_rules(ranked, labels, set(history[BOUGHT_TOGETHER]), context_item,
-                                   category)
-        if ranked:
-            empty = await self._out_of_stock([c.item for c in ranked], user)
-            ranked = [c for c in ranked if c.item not in empty]
-        chosen = diversify([c.item for c in ranked], labels, k, self.s.max_per_brand,
-                           self.s.max_per_category)
-        by_item = {c.item: c for c in ranked}
-        items = [Recommendation(i, round(by_item[i].score, 6), explain(by_item[i]))
-                 for i in chosen]
-        if len(items) < k:
-            scope = category or (labels.get(context_item, (None, None))[0] if context_item
-                                 else None)
-            items += await self._fill_trending(scope, k, items, set(seen))
-        return Result(items, MODEL_VERSION, await self._state_time())
+        context_cat = (await self._labels([context_item]))[context_item][0] if context_item \
+            else None
+        scope = category or context_cat
+        taken = {c.item for c in ranked} | set(seen) | ({context_item} if context_item else set())
+        fill = [Candidate(item, 0.0) for item, _ in
+                await self._trending(scope, 2 * k + len(taken)) if item not in taken]
+        labels = await self._labels([c.item for c in [*ranked, *fill]])
+        bought = set(history[BOUGHT_TOGETHER])
+        kept = [*self._apply_rules(ranked, labels, bought, context_cat, category),
+                *self._apply_rules(fill, labels, bought, None, category)]
+        picks = [(c.item, c.score, explain(c) if c.evidence else
+                  {"type": "trending_in", "category": scope or "all"}) for c in kept]
+        return await self._finish(picks, k, await self._out_of_stock(
+            [c.item for c in kept], user))
+
+    async def _finish(self, picks: list[tuple[str, float, dict[str, Any]]], k: int,
+                      unavailable: set[str]) -> Result:
+        """Stock, then diversity caps over the whole list (fill-ins included), then k."""
+        picks = [p for p in picks if p[0] not in unavailable]
+        labels = await self._labels([item for item, _, _ in picks])
+        chosen = set(diversify([item for item, _, _ in picks], labels, k, self.s.max_per_brand,
+                               self.s.max_per_category))
+        items = [Recommendation(item, round(score, 6), reason)
+                 for item, score, reason in picks if item in chosen]
+        return Result(items[:k], MODEL_VERSION, await self._state_time())
 
     def _seeds(self, seen: dict[str, float]) -> dict[str, float]:
         if not seen:
@@ -261,8 +255,9 @@ class Recommender:
 
     def _apply_rules(self, ranked: list[Candidate],
                      labels: dict[str, tuple[str | None, str | None]], bought: set[str],
-                     context_item: str | None, category: str | None) -> list[Candidate]:
-        context_cat = labels.get(context_item, (None, None))[0] if context_item else None
+                     context_cat: str | None, category: str | None) -> list[Candidate]:
+        """Drop bought items (unless repurchasable) and items outside the category filter;
+        boost items in the context item's category."""
         out = []
         for c in ranked:
             cat = labels.get(c.item, (None, None))[0]
@@ -273,17 +268,5 @@ class Recommender:
             if context_cat is not None and cat == context_cat:
                 c.score *= 1.0 + self.s.context_category_boost
             out.append(c)
-        return sorted(out, key=lambda c: (-c.score, c.item))
+        return sorted(out, key=lambda c: -c.score)   # stable: ties keep the incoming order
 
-    async def _fill_trending(self, category: str | None, k: int, have: list[Recommendation],
-                             exclude: set[str]) -> list[Recommendation]:
-        taken = {r.item_id for r in have} | exclude
-        out = []
-        for item, score in await self._trending(category, k + len(taken)):
-            if item not in taken:
-                out.append(Recommendation(item, 0.0, {"type": "trending_in",
-                                                      "category": category or "all",
-                                                      "trending_score": round(score, 6)}))
-            if len(have) + len(out) == k:
-                break
-        return out
