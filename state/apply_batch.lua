@@ -8,7 +8,10 @@ ARGV[2]  the batch as one JSON array, in offset order: [[offset, [[code, key, a,
          (one argument instead of ~50 per event: packing arguments dominated the client's cost)
 ARGV[3]  the watermark the caller last saw for this shard, or "" if it has none. If Redis's is
          lower, Redis lost writes (failover to a lagging replica, restart from an AOF missing its
-         last second): nothing is written and {-1, 0, watermark} tells the caller to rewind.
+         last second): nothing is written and {-1, 0, watermark} tells the caller to rewind. If
+         it is higher, another writer got there first (a worker that lost the partition in a
+         rebalance finished its last batch): nothing is written and {-2, 0, watermark} tells the
+         caller to re-read, because ops computed from what it read (model parameters) are stale.
 
 Op codes (key is relative to the shard prefix):
   hincrby       HINCRBY key a b            integer counter
@@ -34,8 +37,10 @@ Returns {applied, skipped, new_watermark}.
 ]==]
 
 local wm = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if ARGV[3] ~= '' and wm < tonumber(ARGV[3]) then
-  return {-1, 0, wm}
+if ARGV[3] ~= '' then
+  local expected = tonumber(ARGV[3])
+  if wm < expected then return {-1, 0, wm} end
+  if wm > expected then return {-2, 0, wm} end
 end
 local prefix = ARGV[1]
 local batch = cjson.decode(ARGV[2])

@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="do not publish the derived catalogue first")
     replay.set_defaults(handler=_replay)
 
+    evaluate = sub.add_parser("evaluate", help="offline evaluations on real data").add_subparsers(
+        title="what", required=True, metavar="WHAT")
+    reco = evaluate.add_parser("recommendations", help="prequential replay of a clickstream: the "
+                               "engine against most-popular and session co-occurrence")
+    reco.add_argument("--data", type=Path, default=None,
+                      help="REES46-format CSV(.gz) (default: the shared REES46 slice)")
+    reco.add_argument("--limit", type=int, default=None, help="first N events only")
+    reco.add_argument("--json", action="store_true", help="print one JSON object")
+    reco.set_defaults(handler=_evaluate_recommendations)
+
     topics = sub.add_parser("topics", help="create the catalogue's topics (idempotent)")
     topics.set_defaults(handler=_topics)
     return parser
@@ -170,6 +180,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     return run_demo(settings, _split(args.sources), limit=args.limit, as_json=args.json,
                     with_invalid=not args.no_invalid, base_env=os.environ)
+
+
+def _evaluate_recommendations(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.recommend.evaluate import run_evaluate_recommendations
+
+    return run_evaluate_recommendations(settings, args.data, limit=args.limit, as_json=args.json)
 
 
 def _split(text: str) -> list[str]:

@@ -131,8 +131,15 @@ class RecommendSettings:
     bought_together_boost: float
     seed_items: int
     seed_half_life_hours: float
+    recent_items_weight: float
     context_weight: float
     context_category_boost: float
+    mf_factors: int
+    mf_learning_rate: float
+    mf_l2: float
+    mf_negatives: int
+    mf_ring: int
+    mf_blend: float
     repurchasable_categories: tuple[str, ...]
     max_per_brand: int
     max_per_category: int
@@ -319,6 +326,8 @@ def _check(s: Settings) -> None:
     r = s.recommend
     for key in ("half_life_days", "session_window_minutes", "purchase_window_days",
                 "history_size", "partners_per_event", "neighbours_per_item", "seed_items",
-                "seed_half_life_hours"):
+                "seed_half_life_hours", "mf_factors", "mf_learning_rate", "mf_ring"):
         if getattr(r, key) <= 0:
             raise ConfigError(f"recommend.{key} must be positive, got {getattr(r, key)}")
+    if not 0 <= r.mf_blend <= 1:
+        raise ConfigError(f"recommend.mf_blend must be within [0, 1], got {r.mf_blend}")

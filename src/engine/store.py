@@ -36,6 +36,11 @@ class ApplyResult:
         """Redis's watermark was behind the caller's: nothing was written."""
         return self.applied == -1
 
+    @property
+    def overtaken(self) -> bool:
+        """Redis's watermark was ahead of the caller's (another writer): nothing was written."""
+        return self.applied == -2
+
 
 def connect(settings: RedisSettings) -> Any:
     """An asyncio client for ``settings.url``: plain, TLS (rediss://), ACL user or cluster."""
@@ -81,8 +86,9 @@ class StateStore:
                     expected: int | None = None) -> ApplyResult:
         """Apply events (offset ascending) and advance the watermark, in one atomic call.
 
-        ``expected`` is the watermark the caller last saw; if Redis's is lower, Redis has lost
-        writes, nothing is applied and the result has ``applied == -1`` (see ``regressed``).
+        ``expected`` is the watermark the caller last saw; if Redis's differs nothing is
+        applied: lower means Redis lost writes (``regressed``), higher that another writer got
+        there first (``overtaken``).
         A batch with an invalid operation raises ``redis.ResponseError`` and writes nothing.
         """
         prefix = self.shard(topic, partition)

@@ -126,6 +126,12 @@ class Candidate:
     score: float = 0.0
     #: (relation, seed item) -> contribution, for the explanation
     evidence: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: the part of the score that comes from the user having seen the item recently
+    recent: float = 0.0
+
+    def add_recent(self, amount: float) -> None:
+        self.recent += amount
+        self.score += amount
 
     def add(self, relation: str, seed: str, amount: float) -> None:
         if amount > 0:

@@ -14,6 +14,7 @@ from engine.config import Settings
 from engine.contracts import Validator, load_catalogue
 from engine.core.activity import dead_letter_ops
 from engine.core.compose import decision_core
+from engine.recommend.personal import PersonalModel
 from engine.recommend.query import Recommender
 from engine.replay.reading import Record
 from engine.store import StateStore
@@ -27,6 +28,7 @@ class OnlineRecommender:
         self.validator = Validator(catalogue, settings.validation)
         self.core = decision_core(settings)
         self.recommender = Recommender(store, catalogue, settings)
+        self.personal = PersonalModel(settings.recommend)
         self.offsets: dict[tuple[str, int], int] = {}
 
     @classmethod
@@ -38,8 +40,13 @@ class OnlineRecommender:
         offset = self.offsets.get((record.topic, partition), -1) + 1
         self.offsets[(record.topic, partition)] = offset
         rejection = self.validator.check_event(record.topic, record.event)
-        ops = (dead_letter_ops(rejection.reason) if rejection is not None
-               else self.core(record.topic, record.event))
+        if rejection is not None:
+            ops = dead_letter_ops(rejection.reason)
+        else:
+            ops = self.core(record.topic, record.event)
+            learned = await self.personal.ops(self.store, record.topic, partition,
+                                              [(offset, record.event)])
+            ops += learned.get(offset, [])
         await self.store.apply(record.topic, partition, [(offset, ops)])
 
     async def recommend(self, user_id: str, k: int) -> list[str]:

@@ -24,6 +24,7 @@ from engine.core.recommend import (
     recency_weight,
     score_candidates,
 )
+from engine.recommend.personal import user_scores
 from engine.store import StateStore
 
 MODEL_VERSION = "reco-cooc-cosine/1"
@@ -53,7 +54,8 @@ class Recommender:
         self.settings = settings
         self.shards = {rel: [(t, p) for t in topics for p in range(catalogue.topics[t].partitions)]
                        for rel, topics in RELATION_TOPICS.items()}
-        self.click_shards = [("clicks", p) for p in range(catalogue.topics["clicks"].partitions)]
+        self.click_partitions = catalogue.topics["clicks"].partitions
+        self.click_shards = [("clicks", p) for p in range(self.click_partitions)]
         self.inventory_shards = [("inventory", p)
                                  for p in range(catalogue.topics["inventory"].partitions)]
 
@@ -131,7 +133,7 @@ class Recommender:
         """Decayed popularity (views to purchases), merged over shards; optionally in a
         category (filtered from a wider read, since popularity is kept per item)."""
         pipe = self.store.client.pipeline(transaction=False)
-        width = n if category is None else max(n * 20, 500)
+        width = n if category is None else min(max(n * 10, 200), 1000)
         for rel, shards in self.shards.items():
             for shard in shards:
                 pipe.zrevrange(self._key(shard, f"{rel}:pop"), 0, width - 1, withscores=True)
@@ -213,21 +215,50 @@ class Recommender:
             scored = score_candidates(seeds, neighbours, pops, self.s.bought_together_boost)
             for seed in seeds:
                 scored.pop(seed, None)
+            if self.s.recent_items_weight:
+                for seed, weight in seeds.items():
+                    if seed != context_item:
+                        scored.setdefault(seed, Candidate(seed)).add_recent(
+                            self.s.recent_items_weight * weight)
             ranked = self._rank(scored)
         context_cat = (await self._labels([context_item]))[context_item][0] if context_item \
             else None
         scope = category or context_cat
         taken = {c.item for c in ranked} | set(seen) | ({context_item} if context_item else set())
         fill = [Candidate(item, 0.0) for item, _ in
-                await self._trending(scope, 2 * k + len(taken)) if item not in taken]
+                await self._trending(scope, 2 * k + min(len(taken), 50)) if item not in taken]
         labels = await self._labels([c.item for c in [*ranked, *fill]])
         bought = set(history[BOUGHT_TOGETHER])
         kept = [*self._apply_rules(ranked, labels, bought, context_cat, category),
                 *self._apply_rules(fill, labels, bought, None, category)]
-        picks = [(c.item, c.score, explain(c) if c.evidence else
-                  {"type": "trending_in", "category": scope or "all"}) for c in kept]
+        picks = await self._blend(user, kept, scope)
         return await self._finish(picks, k, await self._out_of_stock(
             [c.item for c in kept], user))
+
+    async def _blend(self, user: str, kept: list[Candidate], scope: str | None
+                     ) -> list[tuple[str, float, dict[str, Any]]]:
+        """(1 - b) x co-occurrence score (scaled to the best candidate) + b x the personal
+        model's prediction (clipped to [0, 1]); the larger part names the reason."""
+        b = self.s.mf_blend
+        predicted = await user_scores(self.store, self.click_partitions, user,
+                                      [c.item for c in kept]) if b else {}
+        top = max((c.score for c in kept), default=0.0) or 1.0
+        picks = []
+        for c in kept:
+            cooc = (1 - b) * c.score / top
+            mf = b * min(max(predicted.get(c.item, 0.0), 0.0), 1.0)
+            if mf > cooc or c.recent > c.score - c.recent:
+                signals: dict[str, Any] = {"mf_prediction": round(mf / b, 4) if b else None}
+                if c.recent:
+                    signals["recently_viewed"] = round(c.recent, 4)
+                reason: dict[str, Any] = {"type": "personal_model", "signals": signals}
+            elif c.evidence:
+                reason = explain(c)
+            else:
+                reason = {"type": "trending_in", "category": scope or "all"}
+            picks.append((c.item, cooc + mf, reason))
+        picks.sort(key=lambda p: -p[1])   # stable: equal scores keep the incoming order
+        return picks
 
     async def _finish(self, picks: list[tuple[str, float, dict[str, Any]]], k: int,
                       unavailable: set[str]) -> Result:

@@ -30,6 +30,7 @@ from engine.contracts import Catalogue, Rejection, Validator
 from engine.core.compose import decision_core
 from engine.errors import StateError
 from engine.kafka_client import faust_credentials
+from engine.recommend.personal import PersonalModel
 from engine.store import StateStore
 from engine.worker.processor import TRANSIENT_REDIS_ERRORS, BatchProcessor, RawRecord
 
@@ -137,7 +138,8 @@ class Worker:
         self.app = build_app(settings, catalogue)
         self.store = StateStore.open(settings.redis)
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
-                                        self._dead_letter, core=decision_core(settings))
+                                        self._dead_letter, core=decision_core(settings),
+                                        stages=[PersonalModel(settings.recommend)])
         self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in catalogue.inputs}
         self._inputs = {t.name: self.app.topic(t.name, partitions=t.partitions)
                         for t in catalogue.inputs}

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.exceptions
 
@@ -55,6 +55,17 @@ class RawRecord:
     value: bytes | None
 
 
+class Stage(Protocol):
+    """A model step that needs the shard's state as of the batch (model parameters): it reads
+    at the start of the batch and returns extra ops per offset. It must process events in
+    offset order with its own in-memory overlay, so its result does not depend on where batch
+    boundaries fall, and it must read nothing it will not write back under the same watermark.
+    """
+
+    async def ops(self, store: StateStore, topic: str, partition: int,
+                  events: Sequence[tuple[int, dict[str, Any]]]) -> dict[int, list[Op]]: ...
+
+
 #: Enqueues one dead letter (in call order) and returns an awaitable that resolves when the
 #: broker has it, so a batch's letters keep their order and are awaited together.
 DeadLetterSink = Callable[[str, RawRecord, Rejection], Awaitable[Awaitable[object]]]
@@ -63,9 +74,11 @@ DeadLetterSink = Callable[[str, RawRecord, Rejection], Awaitable[Awaitable[objec
 class BatchProcessor:
     def __init__(self, store: StateStore, validator: Validator, dead_letter: DeadLetterSink,
                  clock: Callable[[], float] = time.time,
-                 core: Callable[[str, dict[str, Any]], list[Op]] = ops_for) -> None:
+                 core: Callable[[str, dict[str, Any]], list[Op]] = ops_for,
+                 stages: Sequence[Stage] = ()) -> None:
         self.store = store
         self.core = core
+        self.stages = stages
         self.validator = validator
         self.dead_letter = dead_letter
         self.clock = clock
@@ -84,6 +97,7 @@ class BatchProcessor:
     async def process(self, topic: str, records: Sequence[RawRecord]) -> None:
         started = time.perf_counter()
         slices: dict[int, list[tuple[int, list[Op]]]] = {}
+        valid: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         fresh: list[RawRecord] = []
         letters: list[Awaitable[object]] = []
         for record in records:
@@ -98,6 +112,7 @@ class BatchProcessor:
                 ops = dead_letter_ops(checked.reason)
             else:
                 ops = self.core(topic, checked)
+                valid.setdefault(record.partition, []).append((record.offset, checked))
             slices.setdefault(record.partition, []).append((record.offset, ops))
             fresh.append(record)
         validated = time.perf_counter()
@@ -108,7 +123,8 @@ class BatchProcessor:
         applied_at = time.perf_counter()
         skipped = 0
         for partition, batch in slices.items():
-            result = await self._apply_or_isolate(topic, partition, batch, fresh)
+            result = await self._apply_partition(topic, partition, batch,
+                                                 valid.get(partition, []), fresh)
             self.watermarks[(topic, partition)] = result.watermark
             if result.skipped:
                 metrics.EVENTS.labels(topic, "duplicate").inc(result.skipped)
@@ -129,13 +145,41 @@ class BatchProcessor:
         ok.inc(len(fresh) - skipped)
         self.applied += len(fresh) - skipped
 
+    async def _apply_partition(self, topic: str, partition: int,
+                               batch: list[tuple[int, list[Op]]],
+                               valid: list[tuple[int, dict[str, Any]]],
+                               records: Sequence[RawRecord]) -> ApplyResult:
+        """Add the stages' ops, apply; if another writer got there first, re-read the
+        watermark, drop what it applied and recompute the stages from fresh state."""
+        skipped = 0
+        while True:
+            extra: dict[int, list[Op]] = {}
+            for stage in self.stages:
+                for offset, ops in (await stage.ops(self.store, topic, partition,
+                                                    valid)).items():
+                    extra.setdefault(offset, []).extend(ops)
+            full = [(offset, ops + extra.get(offset, [])) for offset, ops in batch]
+            result = await self._apply_or_isolate(topic, partition, full, records)
+            if not result.overtaken:
+                return ApplyResult(result.applied, result.skipped + skipped, result.watermark)
+            mark = result.watermark
+            log.warning("%s[%d] was written up to offset %d by another worker; re-reading",
+                        topic, partition, mark)
+            self.watermarks[(topic, partition)] = mark
+            skipped += sum(1 for offset, _ in batch if offset <= mark)
+            batch = [(o, ops) for o, ops in batch if o > mark]
+            valid = [(o, e) for o, e in valid if o > mark]
+            if not batch:
+                return ApplyResult(0, skipped, mark)
+
     async def _apply_or_isolate(self, topic: str, partition: int,
                                 batch: list[tuple[int, list[Op]]], records: Sequence[RawRecord]
                                 ) -> ApplyResult:
         """Apply a partition's slice; if Redis refuses it (the script names an invalid op and
         writes nothing), apply event by event and dead-letter the ones it refuses."""
         try:
-            return await self._apply(topic, partition, batch)
+            result = await self._apply(topic, partition, batch)
+            return result
         except redis.exceptions.ResponseError as exc:
             log.error("Redis refused %s[%d] offsets %d-%d (%s); isolating the event(s)", topic,
                       partition, batch[0][0], batch[-1][0], exc)
@@ -144,6 +188,8 @@ class BatchProcessor:
         for offset, ops in batch:
             try:
                 result = await self._apply(topic, partition, [(offset, ops)])
+                if result.overtaken:
+                    return result
             except redis.exceptions.ResponseError as exc:
                 rejection = Rejection(UNPROCESSABLE, str(exc)[:300])
                 await (await self.dead_letter(topic, by_offset[offset], rejection))
