@@ -54,7 +54,9 @@ def test_a_view_becomes_covisit_popularity_and_labels() -> None:
     ops = CORE.ops("clicks", _click("view", category="media.video.dvd", brand="warner",
                                     region="north"))
     codes = [op[0] for op in ops]
-    assert codes == ["covisit", "zincrby", "hset", "hset", "hset"]
+    assert codes == ["covisit", "zincrby", "zincrby", "zincrby", "zincrby", "hset", "hset", "hset"]
+    assert [op[1] for op in ops[2:5]] == ["cv:popcat:media", "cv:popcat:media.video",
+                                          "cv:popcat:media.video.dvd"]
     covisit = ops[0]
     assert covisit[1] == "cv:hist:u" and covisit[2] == "dvd-1"
     t, score, window, history, partners, top_n, prefix = covisit[3].split("|")
@@ -139,3 +141,9 @@ def test_purchases_excluded_unless_repurchasable() -> None:
 def test_settings_drive_the_core() -> None:
     heavy = RecommendCore(dataclasses.replace(S, weight_view=7.0))
     assert heavy.weight("clicks", _click("view")) == 7.0
+
+
+def test_category_levels_are_bounded() -> None:
+    from engine.core.recommend import category_levels
+    assert category_levels("a.b.c.d.e") == ["a", "a.b", "a.b.c"]
+    assert category_levels("giftware") == ["giftware"]

@@ -128,6 +128,7 @@ class RecommendSettings:
     history_size: int
     partners_per_event: int
     neighbours_per_item: int
+    max_lines_linked: int
     bought_together_boost: float
     seed_items: int
     seed_half_life_hours: float

@@ -68,6 +68,10 @@ class RecommendCore:
             return []
         item, t = event["item_id"], int(event["event_time_ms"])
         ops = self._interaction(CO_VIEWED, event["user_id"], item, t, w, self.session_ms)
+        if event.get("category"):
+            # trending per category, and per parent category for filters on a prefix
+            ops += [("zincrby", f"{CO_VIEWED}:popcat:{level}", item, ops[1][3])
+                    for level in category_levels(event["category"])]
         ops += _labels(item, event)
         if event.get("region"):
             ops.append(("hset", f"user:{event['user_id']}", "region", event["region"]))
@@ -79,7 +83,7 @@ class RecommendCore:
         owner = event.get("user_id") or f"order:{event['order_id']}"
         t, w = int(event["event_time_ms"]), self.s.weight_purchase
         ops: list[Op] = []
-        for line in event["lines"]:
+        for line in event["lines"][: self.s.max_lines_linked]:
             ops += self._interaction(BOUGHT_TOGETHER, owner, line["item_id"], t, w,
                                      self.purchase_ms)
             if line.get("category"):
@@ -94,6 +98,13 @@ class RecommendCore:
                 f"{s.neighbours_per_item}|{rel}:co:")
         return [("covisit", f"{rel}:hist:{user}", item, spec),
                 ("zincrby", f"{rel}:pop", item, score)]
+
+
+def category_levels(category: str, depth: int = 3) -> list[str]:
+    """"a.b.c.d" -> ["a", "a.b", "a.b.c"]: the levels a category filter can name (a bounded
+    number, so one view costs at most `depth` trending updates)."""
+    parts = category.split(".")
+    return [".".join(parts[: i + 1]) for i in range(min(len(parts), depth))]
 
 
 def _labels(item: str, event: Event) -> list[Op]:

@@ -17,6 +17,7 @@ from engine.core.recommend import (
     BOUGHT_TOGETHER,
     CO_VIEWED,
     Candidate,
+    category_levels,
     diversify,
     excluded_purchase,
     explain,
@@ -30,7 +31,10 @@ from engine.store import StateStore
 MODEL_VERSION = "reco-cooc-cosine/1"
 RELATION_TOPICS = {CO_VIEWED: ("clicks", "carts"), BOUGHT_TOGETHER: ("orders",)}
 #: Neighbours read per seed and shard before merging.
-NEIGHBOURS_READ = 50
+NEIGHBOURS_READ = 25
+#: Candidates kept for the rules' reads (labels, stock, personal model): k times this, at least
+#: CANDIDATES_MIN; more when a category filter will drop some.
+CANDIDATE_FACTOR, CANDIDATES_MIN, CATEGORY_FACTOR = 3, 30, 10
 
 
 @dataclass(frozen=True)
@@ -130,19 +134,26 @@ class Recommender:
         return {item: (cats.get(item), brands.get(item)) for item in items}
 
     async def _trending(self, category: str | None, n: int) -> list[tuple[str, float]]:
-        """Decayed popularity (views to purchases), merged over shards; optionally in a
-        category (filtered from a wider read, since popularity is kept per item)."""
+        """Decayed popularity merged over shards: of all items (views to purchases), or of a
+        category (``cv:popcat:<level>``, kept for the first three levels of a category path;
+        deeper filters read their third level and keep the matching items)."""
         pipe = self.store.client.pipeline(transaction=False)
-        width = n if category is None else min(max(n * 10, 200), 1000)
-        for rel, shards in self.shards.items():
-            for shard in shards:
-                pipe.zrevrange(self._key(shard, f"{rel}:pop"), 0, width - 1, withscores=True)
+        if category is None:
+            for rel, shards in self.shards.items():
+                for shard in shards:
+                    pipe.zrevrange(self._key(shard, f"{rel}:pop"), 0, n - 1, withscores=True)
+        else:
+            level = category_levels(category)[-1]
+            width = n if level == category else n * 10
+            for shard in self.shards[CO_VIEWED]:
+                pipe.zrevrange(self._key(shard, f"{CO_VIEWED}:popcat:{level}"), 0, width - 1,
+                               withscores=True)
         totals: dict[str, float] = {}
         for rows in await pipe.execute():
             for item, score in rows:
                 totals[item] = totals.get(item, 0.0) + score
         ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
-        if category is not None:
+        if category is not None and category_levels(category)[-1] != category:
             labels = await self._labels([item for item, _ in ranked])
             ranked = [(i, s) for i, s in ranked if in_category(labels[i][0], category)]
         return ranked[:n]
@@ -221,12 +232,15 @@ class Recommender:
                         scored.setdefault(seed, Candidate(seed)).add_recent(
                             self.s.recent_items_weight * weight)
             ranked = self._rank(scored)
+        keep = max(k * (CATEGORY_FACTOR if category else CANDIDATE_FACTOR), CANDIDATES_MIN)
+        ranked = ranked[:keep]
         context_cat = (await self._labels([context_item]))[context_item][0] if context_item \
             else None
         scope = category or context_cat
         taken = {c.item for c in ranked} | set(seen) | ({context_item} if context_item else set())
         fill = [Candidate(item, 0.0) for item, _ in
-                await self._trending(scope, 2 * k + min(len(taken), 50)) if item not in taken]
+                await self._trending(scope, 2 * k + min(len(taken), 50))
+                if item not in taken][: max(k - len(ranked), 0) + k]
         labels = await self._labels([c.item for c in [*ranked, *fill]])
         bought = set(history[BOUGHT_TOGETHER])
         kept = [*self._apply_rules(ranked, labels, bought, context_cat, category),
