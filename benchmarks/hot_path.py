@@ -46,12 +46,12 @@ from workload import (
     BATCH,
     CLIENT_FLOOR_STRIDE,
     PING_CALLS,
-    RESULTS,
     TP,
     Figures,
     Plan,
     Workload,
     build_workload,
+    publish_results,
     say,
 )
 
@@ -241,14 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": medians([ratios(f, ope) for f in rounds]),
         "elapsed_s": time.perf_counter() - started,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "hot_path.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    (RESULTS / "hot_path.md").write_text(render_markdown(result))
-    if args.json:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    else:
-        print(render_text(result))
-    say(f"written: {RESULTS / 'hot_path.json'} and hot_path.md")
+    publish_results("hot_path", result, as_json=args.json, text=render_text(result),
+                    markdown=render_markdown(result))
     return 0
 
 

@@ -50,7 +50,7 @@ from urllib.parse import quote
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
-from workload import BATCH, RESULTS, TP, Workload, build_workload, interleave, say
+from workload import BATCH, TP, Workload, build_workload, interleave, publish_results, say
 
 from engine.config import Settings, load_settings
 from engine.contracts import Rejection, Validator, load_catalogue
@@ -749,14 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      QUICK_BASELINE_PER_KIND if args.quick else BASELINE_PER_KIND)
     say("stopped: API, worker, Redis and broker")
     result = summarise(load, update, args.quick, time.perf_counter() - started)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reco_queries.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    (RESULTS / "reco_queries.md").write_text(render_markdown(result))
-    if args.json:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    else:
-        print(render_text(result))
-    say(f"written: {RESULTS / 'reco_queries.json'} and reco_queries.md")
+    publish_results("reco_queries", result, as_json=args.json, text=render_text(result),
+                    markdown=render_markdown(result))
     return 0
 
 

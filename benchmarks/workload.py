@@ -44,6 +44,19 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def publish_results(name: str, result: dict[str, Any], *, as_json: bool, text: str,
+                    markdown: str) -> None:
+    """Write results/<name>.json and .md; print the text table, or one JSON object."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    (RESULTS / f"{name}.md").write_text(markdown)
+    if as_json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        print(text)
+    say(f"written: {RESULTS / (name + '.json')} and {name}.md")
+
+
 # --- workload ---------------------------------------------------------------------------
 
 
