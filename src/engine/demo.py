@@ -3,8 +3,9 @@
 Two phases, because one figure cannot honestly be both a throughput and a latency:
   1. backfill — the derived catalogue and the history replayed as fast as the broker takes
      them; the engine's events/s is measured here, from first send to last event applied;
-  2. live tail — the newest events (REES46 clickstream) replayed at a fixed rate well inside
-     capacity; event-to-state latency is measured here, free of the backfill's queueing.
+  2. live tail — the newest events (REES46 clickstream) replayed at a fixed rate inside
+     capacity (1,000 events/s; the worker with every decision on does about 1,500 on a 2-core
+     machine); event-to-state latency is measured here, free of the backfill's queueing.
 The contracts' invalid examples are mixed into the backfill (labelled as such) so the summary
 shows dead-lettering next to the real data's own defects.
 """
@@ -30,7 +31,7 @@ from engine.store import StateStore
 from engine.views import event_to_state_latency, item_activity, pipeline_stats
 
 LIVE_TAIL_EVENTS = 20_000
-LIVE_TAIL_RATE = 2_000.0
+LIVE_TAIL_RATE = 1_000.0
 DRAIN_TIMEOUT_S = 120.0
 
 
