@@ -22,6 +22,12 @@ from engine.resources import REPO_ROOT, data_dir
 ENV_PREFIX = "ENGINE_"
 
 
+def utc_midnight_ms(iso_date: str) -> int:
+    """Milliseconds since the epoch of 00:00 UTC on an ISO date ("2019-10-01")."""
+    day = dt.date.fromisoformat(iso_date)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     url: str
@@ -82,8 +88,7 @@ class ValidationSettings:
 
     @property
     def min_event_time_ms(self) -> int:
-        day = dt.date.fromisoformat(self.min_event_time)
-        return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+        return utc_midnight_ms(self.min_event_time)
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,7 @@ class RecommendSettings:
 
     @property
     def decay_epoch_ms(self) -> int:
-        day = dt.date.fromisoformat(self.decay_epoch)
-        return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+        return utc_midnight_ms(self.decay_epoch)
 
 
 @dataclass(frozen=True)
@@ -314,16 +318,12 @@ def _check(s: Settings) -> None:
     if not s.redis.namespace or any(c in s.redis.namespace for c in "{} "):
         raise ConfigError(f"redis.namespace must be non-empty without braces or spaces: "
                           f"{s.redis.namespace!r}")
-    try:
-        s.validation.min_event_time_ms  # noqa: B018 - parse once to fail early
-    except ValueError:
-        raise ConfigError(f"validation.min_event_time must be an ISO date: "
-                          f"{s.validation.min_event_time!r}") from None
-    try:
-        s.recommend.decay_epoch_ms  # noqa: B018
-    except ValueError:
-        raise ConfigError(f"recommend.decay_epoch must be an ISO date: "
-                          f"{s.recommend.decay_epoch!r}") from None
+    for key, date in (("validation.min_event_time", s.validation.min_event_time),
+                      ("recommend.decay_epoch", s.recommend.decay_epoch)):
+        try:
+            utc_midnight_ms(date)
+        except ValueError:
+            raise ConfigError(f"{key} must be an ISO date: {date!r}") from None
     r = s.recommend
     for key in ("half_life_days", "session_window_minutes", "purchase_window_days",
                 "history_size", "partners_per_event", "neighbours_per_item", "seed_items",

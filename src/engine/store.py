@@ -9,7 +9,7 @@ the shards of a topic, a handful of pipelined reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,11 +130,3 @@ class StateStore:
         for k in keys:
             getattr(pipe, command)(k)
         return list(await pipe.execute())
-
-    async def delete_namespace(self, topics: Iterable[tuple[str, int]]) -> None:
-        """Drop every shard key of the given topics (tests, `engine reset`)."""
-        for topic, partitions in topics:
-            for p in range(partitions):
-                pattern = self.shard(topic, p) + "*"
-                async for key in self.client.scan_iter(match=pattern, count=1000):
-                    await self.client.delete(key)

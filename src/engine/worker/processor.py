@@ -178,8 +178,7 @@ class BatchProcessor:
         """Apply a partition's slice; if Redis refuses it (the script names an invalid op and
         writes nothing), apply event by event and dead-letter the ones it refuses."""
         try:
-            result = await self._apply(topic, partition, batch)
-            return result
+            return await self._apply(topic, partition, batch)
         except redis.exceptions.ResponseError as exc:
             log.error("Redis refused %s[%d] offsets %d-%d (%s); isolating the event(s)", topic,
                       partition, batch[0][0], batch[-1][0], exc)
