@@ -100,11 +100,10 @@ def test_recency_weight_halves_per_half_life() -> None:
 
 
 def test_scores_sum_over_seeds_and_relations_with_explanations() -> None:
-    neighbours = {CO_VIEWED: {"a": {"x": 4.0, "y": 1.0}, "b": {"x": 1.0}},
-                  BOUGHT_TOGETHER: {"a": {"y": 2.0}}}
-    pops = {CO_VIEWED: {"a": 4.0, "b": 1.0, "x": 4.0, "y": 1.0},
-            BOUGHT_TOGETHER: {"a": 2.0, "y": 2.0}}
-    scored = score_candidates({"a": 1.0, "b": 0.5}, neighbours, pops, bt_boost=2.0)
+    sims = {CO_VIEWED: {"a": {"x": cosine(4, 4, 4), "y": cosine(1, 4, 1)},
+                        "b": {"x": cosine(1, 1, 4)}},
+            BOUGHT_TOGETHER: {"a": {"y": cosine(2, 2, 2)}}}
+    scored = score_candidates({"a": 1.0, "b": 0.5}, sims, bt_boost=2.0)
     assert scored["x"].score == pytest.approx(1.0 * 4 / 4 + 0.5 * 1 / 2)
     assert scored["y"].score == pytest.approx(1 / math.sqrt(4) + 2.0 * 2 / 2)
     assert explain(scored["x"]) == {"type": "co_viewed_with", "items": ["a", "b"]}

@@ -96,6 +96,8 @@ class ApiSettings:
     host: str
     port: int
     worker_stale_after_s: float
+    max_in_flight: int
+    read_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,12 @@ class RecommendSettings:
     repurchasable_categories: tuple[str, ...]
     max_per_brand: int
     max_per_category: int
+    view_size: int
+    view_refresh_s: float
+    view_refresh_max: int
+    view_ttl_hours: float
+    trending_cache_s: float
+    trending_size: int
 
     @property
     def decay_epoch_ms(self) -> int:
@@ -311,6 +319,8 @@ def _check(s: Settings) -> None:
         "worker.session_timeout_s": s.worker.session_timeout_s,
         "validation.max_event_bytes": s.validation.max_event_bytes,
         "validation.max_future_skew_s": s.validation.max_future_skew_s,
+        "api.max_in_flight": s.api.max_in_flight,
+        "api.read_timeout_s": s.api.read_timeout_s,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -327,7 +337,9 @@ def _check(s: Settings) -> None:
     r = s.recommend
     for key in ("half_life_days", "session_window_minutes", "purchase_window_days",
                 "history_size", "partners_per_event", "neighbours_per_item", "seed_items",
-                "seed_half_life_hours", "mf_factors", "mf_learning_rate", "mf_ring"):
+                "seed_half_life_hours", "mf_factors", "mf_learning_rate", "mf_ring",
+                "view_size", "view_refresh_s", "view_refresh_max", "view_ttl_hours",
+                "trending_cache_s", "trending_size"):
         if getattr(r, key) <= 0:
             raise ConfigError(f"recommend.{key} must be positive, got {getattr(r, key)}")
     if not 0 <= r.mf_blend <= 1:

@@ -12,6 +12,13 @@ topic. Exceptions here mean the engine itself cannot do its job, and say which k
 topic, partition or offset is involved. The CLI prints them as one line and exits non-zero.
 """
 
+import redis.exceptions
+
+#: Redis errors worth waiting out (server restarting, failover); anything else is a bug.
+TRANSIENT_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                          redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError,
+                          redis.exceptions.ClusterDownError)
+
 
 class EngineError(Exception):
     """Base of every error the engine raises on purpose."""

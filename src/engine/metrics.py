@@ -24,3 +24,7 @@ BROKER_ERRORS = Counter("engine_broker_errors_total", "Failed sends to the broke
 LAG = Gauge("engine_consumer_lag", "Records in the partition not yet applied to state",
             ["topic", "partition"])
 ASSIGNED = Gauge("engine_assigned_partitions", "Input partitions assigned to this worker")
+VIEWS_REFRESHED = Counter("engine_reco_views_refreshed_total",
+                          "Recommendation neighbour views rebuilt by this worker")
+VIEW_BACKLOG = Gauge("engine_reco_view_backlog",
+                     "Items touched whose neighbour view waits for the next refresh round")

@@ -17,11 +17,12 @@ import redis.exceptions
 from aiokafka import AIOKafkaClient
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
 from engine import __version__, views
 from engine.api.docs import DOCS_HTML
+from engine.api.guard import Guard
 from engine.api.ingest import Ingestor
 from engine.config import Settings
 from engine.contracts import Catalogue
@@ -31,9 +32,6 @@ from engine.store import StateStore
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter("engine_api_requests_total", "HTTP requests", ["route", "status"])
-REQUEST_SECONDS = Histogram("engine_api_request_seconds", "HTTP request latency", ["route"],
-                            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
 STATE_EVENTS = Gauge("engine_state_events", "Records applied to Redis state, all workers",
                      ["topic", "outcome"])
 STATE_DLQ = Gauge("engine_state_dead_letters", "Dead-lettered records by reason, all workers",
@@ -113,16 +111,8 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
                   "computed from Kafka streams with state in Redis.")
 
     app.include_router(ingestor.router)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        REQUESTS.labels(name, str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(Guard, max_in_flight=settings.api.max_in_flight,
+                       read_timeout_s=settings.api.read_timeout_s)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

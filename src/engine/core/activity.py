@@ -105,8 +105,10 @@ def _competitor_prices(event: Event) -> list[Op]:
 
 
 def _inventory(event: Event) -> list[Op]:
-    levels = f"{_int(event['on_hand'])}|{_int(event.get('in_transit', 0))}"
-    return [("hsetlatest", f"inv:{event['item_id']}", event["dc"], _stamped(event, levels))]
+    levels = _stamped(event, f"{_int(event['on_hand'])}|{_int(event.get('in_transit', 0))}")
+    # by item (all centres), and by centre (a recommendation reads a list of items at once)
+    return [("hsetlatest", f"inv:{event['item_id']}", event["dc"], levels),
+            ("hsetlatest", f"stock:{event['dc']}", event["item_id"], levels)]
 
 
 _META_FIELDS = ("title", "category", "brand", "unit_cost", "list_price", "currency",

@@ -152,21 +152,17 @@ class Candidate:
 
 
 def score_candidates(seeds: Mapping[str, float],
-                     neighbours: Mapping[str, Mapping[str, Mapping[str, float]]],
-                     pops: Mapping[str, Mapping[str, float]], bt_boost: float
+                     sims: Mapping[str, Mapping[str, Mapping[str, float]]], bt_boost: float
                      ) -> dict[str, Candidate]:
-    """Sum over seeds j of seed weight x cosine(j, c), per relation (bt boosted).
+    """Sum over seeds j of seed weight x similarity(j, c), per relation (bt boosted).
 
-    ``neighbours[rel][seed]`` maps candidate -> pair weight; ``pops[rel]`` maps item ->
-    popularity, for seeds and candidates alike.
+    ``sims[rel][seed]`` maps candidate -> similarity (cosine, from the seed's view).
     """
     out: dict[str, Candidate] = {}
-    for rel, by_seed in neighbours.items():
+    for rel, by_seed in sims.items():
         factor = bt_boost if rel == BOUGHT_TOGETHER else 1.0
-        pop = pops.get(rel, {})
         for seed, weight in seeds.items():
-            for item, pair in by_seed.get(seed, {}).items():
-                sim = cosine(pair, pop.get(seed, 0.0), pop.get(item, 0.0))
+            for item, sim in by_seed.get(seed, {}).items():
                 out.setdefault(item, Candidate(item)).add(rel, seed, weight * factor * sim)
     return out
 

@@ -3,7 +3,8 @@
 It runs the worker's own path minus Kafka: contract validation, the composed decision core,
 the same Lua script through ``StateStore.apply`` (records are given the partition the default
 Kafka partitioner would pick for their key, and consecutive offsets), and reads through the
-API's ``Recommender``. So the evaluation measures the code that serves the storefront.
+API's ``Recommender``, its neighbour views built fresh for every query (the model without the
+worker's refresh lag). So the evaluation measures the code that serves the storefront.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from engine.config import Settings
 from engine.contracts import Validator, load_catalogue
 from engine.core.activity import dead_letter_ops
 from engine.core.compose import decision_core
+from engine.recommend.neighbours import NeighbourViews
 from engine.recommend.personal import PersonalModel
 from engine.recommend.query import Recommender
 from engine.replay.reading import Record
@@ -27,7 +29,8 @@ class OnlineRecommender:
         self.partitions = {t.name: t.partitions for t in catalogue.inputs}
         self.validator = Validator(catalogue, settings.validation)
         self.core = decision_core(settings)
-        self.recommender = Recommender(store, catalogue, settings)
+        self.recommender = Recommender(store, catalogue, settings, views=NeighbourViews(
+            store, catalogue, settings.recommend, cache=False))
         self.personal = PersonalModel(settings.recommend)
         self.offsets: dict[tuple[str, int], int] = {}
 

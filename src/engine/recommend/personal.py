@@ -107,17 +107,9 @@ class PersonalModel:
         return sorted(picks)
 
 
-async def user_scores(store: StateStore, partitions: int, user: str, items: Sequence[str],
-                      ) -> dict[str, float]:
-    """dot(user, item) for the items with vectors in the user's partition ({} if none)."""
-    pipe = store.client.pipeline(transaction=False)
-    for p in range(partitions):
-        pipe.hget(store.shard("clicks", p) + "mf:u", user)
-    found = [(p, v) for p, v in enumerate(await pipe.execute()) if v]
-    if not found or not items:
-        return {}
-    partition, text = found[0]
-    vector = decode(text)
-    rows = await store.client.hmget(store.shard("clicks", partition) + "mf:i", list(items))
+def dot_scores(user_vector: str, items: Sequence[str], rows: Sequence[str | None]
+               ) -> dict[str, float]:
+    """dot(user, item) for the items that have a vector (``rows``: their encoded vectors)."""
+    vector = decode(user_vector)
     return {item: float(vector @ decode(row)) for item, row in zip(items, rows, strict=True)
             if row}

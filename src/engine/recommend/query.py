@@ -1,13 +1,16 @@
-"""Recommendations, the read side: live lists from Redis state for the API and the evaluator.
+"""Recommendations, the read side: live lists for the API and the evaluator.
 
-Reads merge the shards of the topics a relation is written from (``cv``: clicks and carts,
-``bt``: orders), in a few pipelined round trips: the user's history, the seeds' neighbours, the
-candidates' popularity, then labels and stock for the rules. Scoring is in ``core.recommend``.
+A personal query costs three or four pipelined round trips: the user's live state from the
+shards (history, region, personal vector, the event time the state reflects), the pre-scored
+neighbour views of the user's seed items (``recommend.neighbours``), the cached trending list,
+and the personal model's item vectors with stock at the user's centre. Scoring and the rules
+are pure functions in ``core.recommend``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +20,6 @@ from engine.core.recommend import (
     BOUGHT_TOGETHER,
     CO_VIEWED,
     Candidate,
-    category_levels,
     diversify,
     excluded_purchase,
     explain,
@@ -25,16 +27,16 @@ from engine.core.recommend import (
     recency_weight,
     score_candidates,
 )
-from engine.recommend.personal import user_scores
+from engine.recommend.neighbours import Labels, NeighbourViews, View, view_labels
+from engine.recommend.personal import dot_scores
 from engine.store import StateStore
 
-MODEL_VERSION = "reco-cooc-cosine/1"
-RELATION_TOPICS = {CO_VIEWED: ("clicks", "carts"), BOUGHT_TOGETHER: ("orders",)}
-#: Neighbours read per seed and shard before merging.
-NEIGHBOURS_READ = 25
-#: Candidates kept for the rules' reads (labels, stock, personal model): k times this, at least
+MODEL_VERSION = "reco-cooc-cosine/2"
+#: Candidates kept for the rules and the personal model: k times this, at least
 #: CANDIDATES_MIN; more when a category filter will drop some.
 CANDIDATE_FACTOR, CANDIDATES_MIN, CATEGORY_FACTOR = 3, 30, 10
+
+Pick = tuple[str, float, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -51,179 +53,135 @@ class Result:
     state_event_time_ms: int | None
 
 
+@dataclass(frozen=True)
+class UserState:
+    #: relation -> item -> latest event time, merged over the user's shards
+    history: dict[str, dict[str, float]]
+    region: str | None
+    #: (shard prefix, encoded vector) of the personal model, if the user has one
+    vector: tuple[str, str] | None
+    state_time: int | None
+
+
+def similarities(views: Mapping[str, View]) -> dict[str, dict[str, dict[str, float]]]:
+    """relation -> seed -> neighbour -> similarity, from the seeds' views."""
+    out: dict[str, dict[str, dict[str, float]]] = {CO_VIEWED: {}, BOUGHT_TOGETHER: {}}
+    for seed, view in views.items():
+        out[CO_VIEWED][seed] = {row[0]: row[1] for row in view["n"] if row[1] > 0}
+        out[BOUGHT_TOGETHER][seed] = {row[0]: row[2] for row in view["n"] if row[2] > 0}
+    return out
+
+
 class Recommender:
-    def __init__(self, store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    def __init__(self, store: StateStore, catalogue: Catalogue, settings: Settings,
+                 views: NeighbourViews | None = None) -> None:
         self.store = store
         self.s = settings.recommend
         self.settings = settings
-        self.shards = {rel: [(t, p) for t in topics for p in range(catalogue.topics[t].partitions)]
-                       for rel, topics in RELATION_TOPICS.items()}
-        self.click_partitions = catalogue.topics["clicks"].partitions
-        self.click_shards = [("clicks", p) for p in range(self.click_partitions)]
-        self.inventory_shards = [("inventory", p)
+        self.views = views or NeighbourViews(store, catalogue, settings.recommend)
+        self.click_shards = [store.shard("clicks", p)
+                             for p in range(catalogue.topics["clicks"].partitions)]
+        self.inventory_shards = [store.shard("inventory", p)
                                  for p in range(catalogue.topics["inventory"].partitions)]
-
-    def _key(self, shard: tuple[str, int], name: str) -> str:
-        return self.store.shard(*shard) + name
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def _history(self, user: str) -> dict[str, dict[str, float]]:
-        """rel -> item -> latest event time, merged over the user's shards."""
+    async def _user_state(self, user: str) -> UserState:
         pipe = self.store.client.pipeline(transaction=False)
-        order = []
-        for rel, shards in self.shards.items():
+        for rel, shards in self.views.shards.items():
             for shard in shards:
-                pipe.zrange(self._key(shard, f"{rel}:hist:{user}"), 0, -1, withscores=True)
-                order.append(rel)
-        out: dict[str, dict[str, float]] = {rel: {} for rel in self.shards}
-        for rel, rows in zip(order, await pipe.execute(), strict=True):
-            for item, t in rows:
-                out[rel][item] = max(out[rel].get(item, 0.0), t)
-        return out
-
-    async def _neighbours(self, seeds: Iterable[str]) -> dict[str, dict[str, dict[str, float]]]:
-        pipe = self.store.client.pipeline(transaction=False)
-        order = []
-        for rel, shards in self.shards.items():
-            for seed in seeds:
-                for shard in shards:
-                    pipe.zrevrange(self._key(shard, f"{rel}:co:{seed}"), 0, NEIGHBOURS_READ - 1,
-                                   withscores=True)
-                    order.append((rel, seed))
-        out: dict[str, dict[str, dict[str, float]]] = {rel: {} for rel in self.shards}
-        for (rel, seed), rows in zip(order, await pipe.execute(), strict=True):
-            merged = out[rel].setdefault(seed, {})
-            for item, weight in rows:
-                merged[item] = merged.get(item, 0.0) + weight
-        return out
-
-    async def _popularity(self, items: Sequence[str]) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {rel: {} for rel in self.shards}
-        if not items:
-            return out
-        pipe = self.store.client.pipeline(transaction=False)
-        order = []
-        for rel, shards in self.shards.items():
-            for shard in shards:
-                pipe.zmscore(self._key(shard, f"{rel}:pop"), list(items))
-                order.append(rel)
-        for rel, scores in zip(order, await pipe.execute(), strict=True):
-            for item, score in zip(items, scores, strict=True):
-                if score is not None:
-                    out[rel][item] = out[rel].get(item, 0.0) + score
-        return out
-
-    async def _labels(self, items: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
-        """item -> (category, brand), from what click events said about it."""
-        if not items:
-            return {}
-        pipe = self.store.client.pipeline(transaction=False)
+                pipe.zrange(f"{shard}{rel}:hist:{user}", 0, -1, withscores=True)
         for shard in self.click_shards:
-            pipe.hmget(self._key(shard, "icat"), list(items))
-            pipe.hmget(self._key(shard, "ibrand"), list(items))
-        rows = await pipe.execute()
-        cats: dict[str, str] = {}
-        brands: dict[str, str] = {}
-        for i in range(0, len(rows), 2):
-            for item, cat, brand in zip(items, rows[i], rows[i + 1], strict=True):
-                if cat:
-                    cats[item] = cat
-                if brand:
-                    brands[item] = brand
-        return {item: (cats.get(item), brands.get(item)) for item in items}
-
-    async def _trending(self, category: str | None, n: int) -> list[tuple[str, float]]:
-        """Decayed popularity merged over shards: of all items (views to purchases), or of a
-        category (``cv:popcat:<level>``, kept for the first three levels of a category path;
-        deeper filters read their third level and keep the matching items)."""
-        pipe = self.store.client.pipeline(transaction=False)
-        if category is None:
-            for rel, shards in self.shards.items():
-                for shard in shards:
-                    pipe.zrevrange(self._key(shard, f"{rel}:pop"), 0, n - 1, withscores=True)
-        else:
-            level = category_levels(category)[-1]
-            width = n if level == category else n * 10
-            for shard in self.shards[CO_VIEWED]:
-                pipe.zrevrange(self._key(shard, f"{CO_VIEWED}:popcat:{level}"), 0, width - 1,
-                               withscores=True)
-        totals: dict[str, float] = {}
-        for rows in await pipe.execute():
-            for item, score in rows:
-                totals[item] = totals.get(item, 0.0) + score
-        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
-        if category is not None and category_levels(category)[-1] != category:
-            labels = await self._labels([item for item, _ in ranked])
-            ranked = [(i, s) for i, s in ranked if in_category(labels[i][0], category)]
-        return ranked[:n]
-
-    async def _out_of_stock(self, items: Sequence[str], user: str) -> set[str]:
-        """Items with no stock on hand or in transit at the user's distribution centre."""
-        pipe = self.store.client.pipeline(transaction=False)
+            pipe.hget(f"{shard}user:{user}", "region")
+            pipe.hget(shard + "stats", "event_time_max")
+            pipe.hget(shard + "mf:u", user)
+        rows = iter(await pipe.execute())
+        history: dict[str, dict[str, float]] = {rel: {} for rel in self.views.shards}
+        for rel, shards in self.views.shards.items():
+            for _ in shards:
+                for item, t in next(rows):
+                    history[rel][item] = max(history[rel].get(item, 0.0), t)
+        region, vector, times = None, None, []
         for shard in self.click_shards:
-            pipe.hget(self._key(shard, f"user:{user}"), "region")
-        region = next((r for r in await pipe.execute() if r), None)
-        if region is None or not items:
-            return set()
-        dc = self.settings.region(region).dc
-        pipe = self.store.client.pipeline(transaction=False)
-        for shard in self.inventory_shards:
-            for item in items:
-                pipe.hget(self._key(shard, f"inv:{item}"), dc)
-        rows = await pipe.execute()
-        latest: dict[str, tuple[int, bool]] = {}
-        for i, stamped in enumerate(rows):
-            if stamped:
-                item = items[i % len(items)]
-                ts, on_hand, in_transit = (int(x) for x in stamped.split("|"))
-                if item not in latest or ts >= latest[item][0]:
-                    latest[item] = (ts, on_hand + in_transit == 0)
-        return {item for item, (_, empty) in latest.items() if empty}
+            found_region, event_time, found_vector = next(rows), next(rows), next(rows)
+            region = region or found_region
+            if event_time:
+                times.append(int(event_time))
+            if found_vector and vector is None:
+                vector = (shard, found_vector)
+        return UserState(history, region, vector, max(times) if times else None)
 
     async def _state_time(self) -> int | None:
         pipe = self.store.client.pipeline(transaction=False)
         for shard in self.click_shards:
-            pipe.hget(self._key(shard, "stats"), "event_time_max")
+            pipe.hget(shard + "stats", "event_time_max")
         times = [int(t) for t in await pipe.execute() if t]
         return max(times) if times else None
+
+    async def _model_and_stock(self, state: UserState, items: Sequence[str]
+                               ) -> tuple[dict[str, float], set[str]]:
+        """The personal model's scores for ``items``, and those of them with no stock on hand
+        or in transit at the user's distribution centre (when inventory is known)."""
+        use_model = bool(self.s.mf_blend and state.vector)
+        if not items or not (use_model or state.region):
+            return {}, set()
+        pipe = self.store.client.pipeline(transaction=False)
+        if use_model and state.vector:
+            pipe.hmget(state.vector[0] + "mf:i", list(items))
+        if state.region:
+            dc = self.settings.region(state.region).dc
+            for shard in self.inventory_shards:
+                pipe.hmget(f"{shard}stock:{dc}", list(items))
+        rows = await pipe.execute()
+        predicted = dot_scores(state.vector[1], items, rows.pop(0)) \
+            if use_model and state.vector else {}
+        latest: dict[str, tuple[int, bool]] = {}
+        for shard_rows in rows:
+            for item, stamped in zip(items, shard_rows, strict=True):
+                if stamped:
+                    ts, on_hand, in_transit = (int(x) for x in stamped.split("|"))
+                    if item not in latest or ts >= latest[item][0]:
+                        latest[item] = (ts, on_hand + in_transit == 0)
+        return predicted, {item for item, (_, empty) in latest.items() if empty}
 
     # --- public -----------------------------------------------------------------------------
 
     async def similar(self, item: str, k: int) -> Result:
         """Customers who viewed/bought this also viewed/bought; items without links yet get
         their category's trending items (reason ``similar_to``)."""
-        neighbours = await self._neighbours([item])
-        candidates = {c for rel in neighbours.values() for c in rel.get(item, {})}
-        pops = await self._popularity([item, *candidates])
-        scored = score_candidates({item: 1.0}, neighbours, pops, self.s.bought_together_boost)
+        views, state_time = await asyncio.gather(self.views.get([item]), self._state_time())
+        view = views.get(item, {"cat": None, "brand": None, "n": []})
+        scored = score_candidates({item: 1.0}, similarities({item: view}),
+                                  self.s.bought_together_boost)
         scored.pop(item, None)
-        picks = [(c.item, c.score, explain(c)) for c in self._rank(scored)]
-        category, brand = (await self._labels([item]))[item]
+        picks: list[Pick] = [(c.item, c.score, explain(c)) for c in self._rank(scored)]
+        labels = view_labels([view])
+        category, brand = view["cat"], view["brand"]
         if len(picks) < k and category is not None:
             taken = {i for i, _, _ in picks} | {item}
-            picks += [(other, 0.0, {"type": "similar_to", "items": [item],
-                                    "category": category, **({"brand": brand} if brand else {}),
-                                    "trending_score": round(score, 6)})
-                      for other, score in await self._trending(category, 2 * k + len(taken))
-                      if other not in taken]
-        return await self._finish(picks, k, set())
+            trending = await self.views.trending(category)
+            labels.update({row[0]: (row[2], row[3]) for row in trending})
+            picks += [(row[0], 0.0, {"type": "similar_to", "items": [item],
+                                     "category": category, **({"brand": brand} if brand else {}),
+                                     "trending_score": round(row[1], 6)})
+                      for row in trending if row[0] not in taken]
+        return self._finish(picks, k, set(), labels, state_time)
 
     async def for_user(self, user: str, k: int, context_item: str | None = None,
                        category: str | None = None) -> Result:
         """Personal list: neighbours of the user's recent history (and of the context item),
         then the rules; filled with trending items (in the context's or requested category)."""
-        history = await self._history(user)
-        seen = {**history[CO_VIEWED], **history[BOUGHT_TOGETHER]}
+        state = await self._user_state(user)
+        seen = {**state.history[CO_VIEWED], **state.history[BOUGHT_TOGETHER]}
         seeds = self._seeds(seen)
         if context_item:
             seeds[context_item] = self.s.context_weight * max(seeds.values(), default=1.0)
+        views = await self.views.get(list(seeds))
+        labels = view_labels(views.values())
+        labels.update({item: (view["cat"], view["brand"]) for item, view in views.items()})
         ranked: list[Candidate] = []
         if seeds:
-            neighbours = await self._neighbours(list(seeds))
-            candidates = {c for rel in neighbours.values() for by in rel.values() for c in by}
-            pops = await self._popularity([*seeds, *candidates])
-            scored = score_candidates(seeds, neighbours, pops, self.s.bought_together_boost)
+            scored = score_candidates(seeds, similarities(views), self.s.bought_together_boost)
             for seed in seeds:
                 scored.pop(seed, None)
             if self.s.recent_items_weight:
@@ -234,28 +192,25 @@ class Recommender:
             ranked = self._rank(scored)
         keep = max(k * (CATEGORY_FACTOR if category else CANDIDATE_FACTOR), CANDIDATES_MIN)
         ranked = ranked[:keep]
-        context_cat = (await self._labels([context_item]))[context_item][0] if context_item \
-            else None
+        context_cat = views[context_item]["cat"] if context_item in views else None
         scope = category or context_cat
         taken = {c.item for c in ranked} | set(seen) | ({context_item} if context_item else set())
-        fill = [Candidate(item, 0.0) for item, _ in
-                await self._trending(scope, 2 * k + min(len(taken), 50))
-                if item not in taken][: max(k - len(ranked), 0) + k]
-        labels = await self._labels([c.item for c in [*ranked, *fill]])
-        bought = set(history[BOUGHT_TOGETHER])
+        trending = await self.views.trending(scope)
+        labels.update({row[0]: (row[2], row[3]) for row in trending})
+        fill = [Candidate(row[0], 0.0) for row in trending
+                if row[0] not in taken][: max(k - len(ranked), 0) + k]
+        bought = set(state.history[BOUGHT_TOGETHER])
         kept = [*self._apply_rules(ranked, labels, bought, context_cat, category),
                 *self._apply_rules(fill, labels, bought, None, category)]
-        picks = await self._blend(user, kept, scope)
-        return await self._finish(picks, k, await self._out_of_stock(
-            [c.item for c in kept], user))
+        predicted, unavailable = await self._model_and_stock(state, [c.item for c in kept])
+        picks = self._blend(kept, predicted, scope)
+        return self._finish(picks, k, unavailable, labels, state.state_time)
 
-    async def _blend(self, user: str, kept: list[Candidate], scope: str | None
-                     ) -> list[tuple[str, float, dict[str, Any]]]:
+    def _blend(self, kept: list[Candidate], predicted: dict[str, float], scope: str | None
+               ) -> list[Pick]:
         """(1 - b) x co-occurrence score (scaled to the best candidate) + b x the personal
         model's prediction (clipped to [0, 1]); the larger part names the reason."""
         b = self.s.mf_blend
-        predicted = await user_scores(self.store, self.click_partitions, user,
-                                      [c.item for c in kept]) if b else {}
         top = max((c.score for c in kept), default=0.0) or 1.0
         picks = []
         for c in kept:
@@ -274,16 +229,15 @@ class Recommender:
         picks.sort(key=lambda p: -p[1])   # stable: equal scores keep the incoming order
         return picks
 
-    async def _finish(self, picks: list[tuple[str, float, dict[str, Any]]], k: int,
-                      unavailable: set[str]) -> Result:
+    def _finish(self, picks: list[Pick], k: int, unavailable: set[str],
+                labels: dict[str, Labels], state_time: int | None) -> Result:
         """Stock, then diversity caps over the whole list (fill-ins included), then k."""
         picks = [p for p in picks if p[0] not in unavailable]
-        labels = await self._labels([item for item, _, _ in picks])
         chosen = set(diversify([item for item, _, _ in picks], labels, k, self.s.max_per_brand,
                                self.s.max_per_category))
         items = [Recommendation(item, round(score, 6), reason)
                  for item, score, reason in picks if item in chosen]
-        return Result(items[:k], MODEL_VERSION, await self._state_time())
+        return Result(items[:k], MODEL_VERSION, state_time)
 
     def _seeds(self, seen: dict[str, float]) -> dict[str, float]:
         if not seen:
@@ -298,9 +252,9 @@ class Recommender:
         return sorted((c for c in scored.values() if c.score > 0),
                       key=lambda c: (-c.score, c.item))
 
-    def _apply_rules(self, ranked: list[Candidate],
-                     labels: dict[str, tuple[str | None, str | None]], bought: set[str],
-                     context_cat: str | None, category: str | None) -> list[Candidate]:
+    def _apply_rules(self, ranked: list[Candidate], labels: dict[str, Labels],
+                     bought: set[str], context_cat: str | None, category: str | None
+                     ) -> list[Candidate]:
         """Drop bought items (unless repurchasable) and items outside the category filter;
         boost items in the context item's category."""
         out = []
@@ -314,4 +268,3 @@ class Recommender:
                 c.score *= 1.0 + self.s.context_category_boost
             out.append(c)
         return sorted(out, key=lambda c: -c.score)   # stable: ties keep the incoming order
-

@@ -28,11 +28,12 @@ from engine import metrics
 from engine.config import Settings
 from engine.contracts import Catalogue, Rejection, Validator
 from engine.core.compose import decision_core
-from engine.errors import StateError
+from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
 from engine.kafka_client import faust_credentials
+from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.store import StateStore
-from engine.worker.processor import TRANSIENT_REDIS_ERRORS, BatchProcessor, RawRecord
+from engine.worker.processor import BatchProcessor, RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,12 @@ class Worker:
         self.started_ms = int(time.time() * 1000)
         self.app = build_app(settings, catalogue)
         self.store = StateStore.open(settings.redis)
+        self.views = ViewRefresher(NeighbourViews(self.store, catalogue, settings.recommend),
+                                   settings.recommend)
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
                                         self._dead_letter, core=decision_core(settings),
-                                        stages=[PersonalModel(settings.recommend)])
+                                        stages=[PersonalModel(settings.recommend)],
+                                        listeners=[self.views.observe])
         self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in catalogue.inputs}
         self._inputs = {t.name: self.app.topic(t.name, partitions=t.partitions)
                         for t in catalogue.inputs}
@@ -149,6 +153,7 @@ class Worker:
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.timer(settings.worker.heartbeat_interval_s)(self._heartbeat)
         self.app.timer(1.0)(self._flush_latency)
+        self.app.timer(settings.recommend.view_refresh_s)(self.views.tick)
 
     def _add_agent(self, name: str, topic: faust.TopicT) -> None:
         w = self.settings.worker

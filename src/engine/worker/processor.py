@@ -21,16 +21,12 @@ import redis.exceptions
 from engine import metrics
 from engine.contracts import Rejection, Validator
 from engine.core.activity import Op, dead_letter_ops, ops_for
-from engine.errors import StateError
+from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
 from engine.latency import LatencyHistogram
 from engine.store import ApplyResult, StateStore
 
 log = logging.getLogger(__name__)
 
-#: Redis errors worth waiting out (server restarting, failover); anything else is a bug.
-TRANSIENT_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-              redis.exceptions.BusyLoadingError, redis.exceptions.TryAgainError,
-              redis.exceptions.ClusterDownError)
 
 
 class WatermarkRegressed(StateError):
@@ -75,10 +71,13 @@ class BatchProcessor:
     def __init__(self, store: StateStore, validator: Validator, dead_letter: DeadLetterSink,
                  clock: Callable[[], float] = time.time,
                  core: Callable[[str, dict[str, Any]], list[Op]] = ops_for,
-                 stages: Sequence[Stage] = ()) -> None:
+                 stages: Sequence[Stage] = (),
+                 listeners: Sequence[Callable[[str, list[dict[str, Any]]], None]] = ()) -> None:
         self.store = store
         self.core = core
         self.stages = stages
+        #: told the valid events of each applied batch (read models to refresh)
+        self.listeners = listeners
         self.validator = validator
         self.dead_letter = dead_letter
         self.clock = clock
@@ -131,6 +130,10 @@ class BatchProcessor:
                 self.duplicates += result.skipped
                 skipped += result.skipped
         metrics.STAGE.labels("redis_apply").observe(time.perf_counter() - applied_at)
+        if self.listeners and valid:
+            events = [event for rows in valid.values() for _, event in rows]
+            for listener in self.listeners:
+                listener(topic, events)
         metrics.BATCH_SIZE.observe(len(records))
         self._account(topic, fresh, skipped)
 

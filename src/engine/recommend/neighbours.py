@@ -1,0 +1,263 @@
+"""The recommendations' read model: per-item neighbour lists merged over the shards and
+pre-scored, and trending lists, so that a query is a few reads instead of hundreds.
+
+The truth stays in the shards, written exactly once with their watermarks (state/KEYS.md). A
+view is a deterministic function of them: building it twice gives the same list, so views need
+no exactly-once care of their own, and losing one costs a rebuild, never data. Writers:
+
+- the worker rebuilds the views of the items its batches touched, every ``view_refresh_s``
+  (``ViewRefresher``), so a view trails its item's latest interaction by about that much;
+- a reader that finds no view (a new item, or one expired) builds it and stores it with SET NX,
+  so it never overwrites a fresher one written by the worker meanwhile;
+- a view not rebuilt for ``view_ttl_hours`` expires: memory follows the active catalogue.
+
+A link a user's event adds between items a and b changes both lists, but only the event's own
+item is rebuilt at once; b's view takes the link at its next interaction or rebuild. Trending
+lists (all items, or one category) are cached for ``trending_cache_s``.
+
+View value, JSON: ``{"cat": .., "brand": .., "n": [[item, cv, bt, cat, brand], ..]}`` with
+``cv``/``bt`` the cosine similarity in each relation, best first by ``cv + boost x bt``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from engine import metrics
+from engine.config import RecommendSettings
+from engine.contracts import Catalogue
+from engine.core.recommend import BOUGHT_TOGETHER, CO_VIEWED, category_levels, cosine, in_category
+from engine.errors import TRANSIENT_REDIS_ERRORS
+from engine.store import StateStore
+
+log = logging.getLogger(__name__)
+
+RELATION_TOPICS = {CO_VIEWED: ("clicks", "carts"), BOUGHT_TOGETHER: ("orders",)}
+#: Topics whose events write item labels: category from all three, brand from clicks and carts.
+CATEGORY_TOPICS, BRAND_TOPICS = ("clicks", "carts", "orders"), ("clicks", "carts")
+#: Neighbours read per item and shard before merging.
+NEIGHBOURS_READ = 25
+#: Items built per pipeline, so that one build does not hold the event loop for long.
+BUILD_CHUNK = 50
+
+Labels = tuple[str | None, str | None]
+View = dict[str, Any]
+
+
+def merge_view(item: str, pairs: Mapping[str, Mapping[str, float]],
+               pops: Mapping[str, Mapping[str, float]], labels: Mapping[str, Labels],
+               bt_boost: float, size: int) -> View:
+    """One item's view from its pair weights per relation (``pairs[rel][other]``) and the
+    popularity of everything involved: cosine per relation, best ``size`` kept (pure)."""
+    sims: dict[str, list[float]] = {}
+    for slot, rel in enumerate((CO_VIEWED, BOUGHT_TOGETHER)):
+        pop = pops.get(rel, {})
+        for other, pair in pairs.get(rel, {}).items():
+            sim = cosine(pair, pop.get(item, 0.0), pop.get(other, 0.0))
+            if other != item and sim > 0:
+                sims.setdefault(other, [0.0, 0.0])[slot] = sim
+    ranked = sorted(sims.items(), key=lambda kv: (-(kv[1][0] + bt_boost * kv[1][1]), kv[0]))
+    cat, brand = labels.get(item, (None, None))
+    return {"cat": cat, "brand": brand,
+            "n": [[other, round(cv, 9), round(bt, 9), *labels.get(other, (None, None))]
+                  for other, (cv, bt) in ranked[:size]]}
+
+
+def view_labels(views: Iterable[View]) -> dict[str, Labels]:
+    """item -> (category, brand) for every neighbour the views name."""
+    return {row[0]: (row[3], row[4]) for view in views for row in view["n"]}
+
+
+class NeighbourViews:
+    """Reads and builds views. ``cache=False`` (the offline evaluator) builds every view from
+    the shards at each read and stores nothing: the same lists with no lag."""
+
+    def __init__(self, store: StateStore, catalogue: Catalogue, settings: RecommendSettings,
+                 cache: bool = True) -> None:
+        self.store = store
+        self.s = settings
+        self.cache = cache
+        self.shards = {rel: [store.shard(t, p) for t in topics
+                             for p in range(catalogue.topics[t].partitions)]
+                       for rel, topics in RELATION_TOPICS.items()}
+        self.cat_shards = [store.shard(t, p) for t in CATEGORY_TOPICS
+                           for p in range(catalogue.topics[t].partitions)]
+        self.brand_shards = [store.shard(t, p) for t in BRAND_TOPICS
+                             for p in range(catalogue.topics[t].partitions)]
+        self.ttl_s = max(int(settings.view_ttl_hours * 3600), 1)
+
+    def key(self, item: str) -> str:
+        return self.store.key(f"view:nb:{item}")
+
+    def trend_key(self, scope: str | None) -> str:
+        return self.store.key(f"view:trend:{scope or '*'}")
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def get(self, items: Sequence[str]) -> dict[str, View]:
+        """The views of ``items``; missing ones are built now (and stored)."""
+        items = list(dict.fromkeys(items))
+        if not items:
+            return {}
+        if not self.cache:
+            return await self.build(items)
+        pipe = self.store.client.pipeline(transaction=False)
+        for item in items:
+            pipe.get(self.key(item))
+        found = {item: orjson.loads(raw)
+                 for item, raw in zip(items, await pipe.execute(), strict=True) if raw}
+        missing = [item for item in items if item not in found]
+        if missing:
+            built = await self.build(missing)
+            # an item nobody has interacted with (say, a mistyped context item) is not stored
+            await self._store({item: view for item, view in built.items()
+                               if view["n"] or view["cat"]}, only_if_absent=True)
+            found.update(built)
+        return found
+
+    async def trending(self, scope: str | None) -> list[list[Any]]:
+        """``[[item, score, cat, brand], ..]``, best first: decayed popularity of all items or of
+        a category (kept for the first three levels of a path; deeper filters read the third
+        level and keep the matching items)."""
+        key = self.trend_key(scope)
+        if self.cache:
+            raw = await self.store.client.get(key)
+            if raw:
+                return list(orjson.loads(raw))
+        rows = await self._build_trending(scope)
+        if self.cache:
+            await self.store.client.set(key, orjson.dumps(rows),
+                                        px=max(int(self.s.trending_cache_s * 1000), 1))
+        return rows
+
+    # --- building ---------------------------------------------------------------------------
+
+    async def build(self, items: Sequence[str]) -> dict[str, View]:
+        out: dict[str, View] = {}
+        for start in range(0, len(items), BUILD_CHUNK):
+            out.update(await self._build_chunk(items[start:start + BUILD_CHUNK]))
+        return out
+
+    async def refresh(self, items: Sequence[str]) -> int:
+        """Rebuild and store the views of ``items`` (the worker's refresh); returns how many."""
+        for start in range(0, len(items), BUILD_CHUNK):
+            await self._store(await self._build_chunk(items[start:start + BUILD_CHUNK]),
+                              only_if_absent=False)
+        return len(items)
+
+    async def _store(self, views: Mapping[str, View], only_if_absent: bool) -> None:
+        if not views:
+            return
+        pipe = self.store.client.pipeline(transaction=False)
+        for item, view in views.items():
+            pipe.set(self.key(item), orjson.dumps(view), ex=self.ttl_s, nx=only_if_absent)
+        await pipe.execute()
+
+    async def _build_chunk(self, items: Sequence[str]) -> dict[str, View]:
+        pipe = self.store.client.pipeline(transaction=False)
+        order: list[tuple[str, str]] = []
+        for rel, shards in self.shards.items():
+            for item in items:
+                for shard in shards:
+                    pipe.zrevrange(f"{shard}{rel}:co:{item}", 0, NEIGHBOURS_READ - 1,
+                                   withscores=True)
+                    order.append((rel, item))
+        pairs: dict[str, dict[str, dict[str, float]]] = {item: {} for item in items}
+        for (rel, item), rows in zip(order, await pipe.execute(), strict=True):
+            merged = pairs[item].setdefault(rel, {})
+            for other, weight in rows:
+                merged[other] = merged.get(other, 0.0) + weight
+        involved = sorted({*items, *(o for by in pairs.values() for rel in by.values()
+                                     for o in rel)})
+        pops, labels = await self._popularity_and_labels(involved)
+        return {item: merge_view(item, pairs[item], pops, labels, self.s.bought_together_boost,
+                                 self.s.view_size) for item in items}
+
+    async def _popularity_and_labels(self, items: Sequence[str]
+                                     ) -> tuple[dict[str, dict[str, float]], dict[str, Labels]]:
+        if not items:
+            return {rel: {} for rel in self.shards}, {}
+        pipe = self.store.client.pipeline(transaction=False)
+        for rel, shards in self.shards.items():
+            for shard in shards:
+                pipe.zmscore(f"{shard}{rel}:pop", list(items))
+        for shard in self.cat_shards:
+            pipe.hmget(shard + "icat", list(items))
+        for shard in self.brand_shards:
+            pipe.hmget(shard + "ibrand", list(items))
+        rows = iter(await pipe.execute())
+        pops: dict[str, dict[str, float]] = {rel: {} for rel in self.shards}
+        for rel, shards in self.shards.items():
+            for _ in shards:
+                for item, score in zip(items, next(rows), strict=True):
+                    if score is not None:
+                        pops[rel][item] = pops[rel].get(item, 0.0) + score
+        cats: dict[str, str] = {}
+        brands: dict[str, str] = {}
+        for found, shards in ((cats, self.cat_shards), (brands, self.brand_shards)):
+            for _ in shards:
+                for item, value in zip(items, next(rows), strict=True):
+                    if value:
+                        found[item] = value
+        return pops, {item: (cats.get(item), brands.get(item)) for item in items}
+
+    async def _build_trending(self, scope: str | None) -> list[list[Any]]:
+        n = self.s.trending_size
+        pipe = self.store.client.pipeline(transaction=False)
+        level = category_levels(scope)[-1] if scope is not None else None
+        if level is None:
+            for rel, shards in self.shards.items():
+                for shard in shards:
+                    pipe.zrevrange(f"{shard}{rel}:pop", 0, n - 1, withscores=True)
+        else:
+            width = n if level == scope else n * 10
+            for shard in self.shards[CO_VIEWED]:
+                pipe.zrevrange(f"{shard}{CO_VIEWED}:popcat:{level}", 0, width - 1,
+                               withscores=True)
+        totals: dict[str, float] = {}
+        for rows in await pipe.execute():
+            for item, score in rows:
+                totals[item] = totals.get(item, 0.0) + score
+        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        _, labels = await self._popularity_and_labels([item for item, _ in ranked])
+        if scope is not None and level != scope:
+            ranked = [(i, s) for i, s in ranked if in_category(labels[i][0], scope)]
+        return [[item, score, *labels[item]] for item, score in ranked[:n]]
+
+
+class ViewRefresher:
+    """The worker's side: remembers the items its batches touched and rebuilds their views every
+    ``view_refresh_s``, at most ``view_refresh_max`` a round (oldest first; the rest wait)."""
+
+    def __init__(self, views: NeighbourViews, settings: RecommendSettings) -> None:
+        self.views = views
+        self.s = settings
+        self.dirty: dict[str, None] = {}   # insertion-ordered set
+
+    def observe(self, topic: str, events: Sequence[dict[str, Any]]) -> None:
+        """Called with every applied batch's valid events."""
+        for event in events:
+            if topic in ("clicks", "carts") and "item_id" in event:
+                self.dirty[event["item_id"]] = None
+            elif topic == "orders" and event.get("event_type") == "purchase":
+                for line in event["lines"][: self.s.max_lines_linked]:
+                    self.dirty[line["item_id"]] = None
+
+    async def tick(self) -> None:
+        if not self.dirty:
+            return
+        batch = list(self.dirty)[: self.s.view_refresh_max]
+        for item in batch:
+            del self.dirty[item]
+        try:
+            metrics.VIEWS_REFRESHED.inc(await self.views.refresh(batch))
+        except TRANSIENT_REDIS_ERRORS as exc:   # keep them for the next round
+            metrics.REDIS_ERRORS.inc()
+            self.dirty = dict.fromkeys([*batch, *self.dirty])
+            log.warning("%d recommendation views not refreshed: Redis unavailable (%s)",
+                        len(batch), exc)
+        metrics.VIEW_BACKLOG.set(len(self.dirty))
