@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
 from engine.config import Settings
@@ -70,6 +71,9 @@ async def test_a_reader_builds_a_missing_view_and_the_refresher_updates_it(
     await refresher.tick()
     assert not refresher.dirty
     assert {row[0] for row in (await views.get(["a"]))["a"]["n"]} == {"b", "c"}
+    cv, bt, cat, brand = orjson.loads(await model.store.client.hget(
+        model.store.key("view:items"), "a"))   # merged figures kept for other views' builds
+    assert cv > 0 and bt == 0 and (cat, brand) == ("media.video.dvd", "b")
 
 
 async def test_a_reader_never_overwrites_a_view_and_skips_unknown_items(

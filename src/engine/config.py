@@ -151,6 +151,7 @@ class RecommendSettings:
     repurchasable_categories: tuple[str, ...]
     max_per_brand: int
     max_per_category: int
+    user_shards: str
     view_size: int
     view_refresh_s: float
     view_refresh_max: int
@@ -342,5 +343,8 @@ def _check(s: Settings) -> None:
                 "trending_cache_s", "trending_size"):
         if getattr(r, key) <= 0:
             raise ConfigError(f"recommend.{key} must be positive, got {getattr(r, key)}")
+    if r.user_shards not in ("keyed", "all"):
+        raise ConfigError(f"recommend.user_shards must be \"keyed\" or \"all\", "
+                          f"got {r.user_shards!r}")
     if not 0 <= r.mf_blend <= 1:
         raise ConfigError(f"recommend.mf_blend must be within [0, 1], got {r.mf_blend}")

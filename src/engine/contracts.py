@@ -18,6 +18,7 @@ from typing import Any
 
 import fastjsonschema
 import orjson
+from kafka.partitioner.default import murmur2
 
 from engine.config import ValidationSettings
 from engine.errors import ContractError
@@ -77,6 +78,11 @@ class Catalogue:
     def input_partitions(self) -> set[str]:
         """Every input partition as "topic:partition" (what live workers must cover)."""
         return {f"{t.name}:{p}" for t in self.inputs for p in range(t.partitions)}
+
+    def partition_of(self, topic: str, key: str) -> int:
+        """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java client,
+        kafka-python and aiokafka compute it)."""
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % self.topics[topic].partitions
 
     def dlq(self, topic: str) -> str:
         return topic + self.dlq_suffix

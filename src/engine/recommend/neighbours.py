@@ -13,7 +13,7 @@ no exactly-once care of their own, and losing one costs a rebuild, never data. W
 
 A link a user's event adds between items a and b changes both lists, but only the event's own
 item is rebuilt at once; b's view takes the link at its next interaction or rebuild. Trending
-lists (all items, or one category) are cached for ``trending_cache_s``.
+lists (all items, or one category) are cached in each reading process for ``trending_cache_s``.
 
 View value, JSON: ``{"cat": .., "brand": .., "n": [[item, cv, bt, cat, brand], ..]}`` with
 ``cv``/``bt`` the cosine similarity in each relation, best first by ``cv + boost x bt``.
@@ -21,7 +21,9 @@ View value, JSON: ``{"cat": .., "brand": .., "n": [[item, cv, bt, cat, brand], .
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +34,7 @@ from engine.config import RecommendSettings
 from engine.contracts import Catalogue
 from engine.core.recommend import BOUGHT_TOGETHER, CO_VIEWED, category_levels, cosine, in_category
 from engine.errors import TRANSIENT_REDIS_ERRORS
+from engine.resources import data_dir
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -41,11 +44,15 @@ RELATION_TOPICS = {CO_VIEWED: ("clicks", "carts"), BOUGHT_TOGETHER: ("orders",)}
 CATEGORY_TOPICS, BRAND_TOPICS = ("clicks", "carts", "orders"), ("clicks", "carts")
 #: Neighbours read per item and shard before merging.
 NEIGHBOURS_READ = 25
+#: Trending lists cached per process at most (scopes are the category levels asked for).
+TRENDING_SCOPES = 1000
 #: Items built per pipeline, so that one build does not hold the event loop for long.
 BUILD_CHUNK = 50
 
 Labels = tuple[str | None, str | None]
 View = dict[str, Any]
+#: An item's merged figures: popularity in cv and in bt (forward-decayed), category, brand.
+ItemStats = tuple[float, float, str | None, str | None]
 
 
 def merge_view(item: str, pairs: Mapping[str, Mapping[str, float]],
@@ -65,6 +72,18 @@ def merge_view(item: str, pairs: Mapping[str, Mapping[str, float]],
     return {"cat": cat, "brand": brand,
             "n": [[other, round(cv, 9), round(bt, 9), *labels.get(other, (None, None))]
                   for other, (cv, bt) in ranked[:size]]}
+
+
+def split_stats(stats: Mapping[str, ItemStats]
+                ) -> tuple[dict[str, dict[str, float]], dict[str, Labels]]:
+    """(relation -> item -> popularity, item -> labels), as ``merge_view`` takes them."""
+    pops: dict[str, dict[str, float]] = {CO_VIEWED: {}, BOUGHT_TOGETHER: {}}
+    for item, (cv, bt, _, _) in stats.items():
+        if cv:
+            pops[CO_VIEWED][item] = cv
+        if bt:
+            pops[BOUGHT_TOGETHER][item] = bt
+    return pops, {item: (cat, brand) for item, (_, _, cat, brand) in stats.items()}
 
 
 def view_labels(views: Iterable[View]) -> dict[str, Labels]:
@@ -89,12 +108,12 @@ class NeighbourViews:
         self.brand_shards = [store.shard(t, p) for t in BRAND_TOPICS
                              for p in range(catalogue.topics[t].partitions)]
         self.ttl_s = max(int(settings.view_ttl_hours * 3600), 1)
+        self._trending: dict[str | None, tuple[float, list[list[Any]]]] = {}
+        self._read = store.client.register_script(
+            (data_dir("state") / "read_neighbours.lua").read_text())
 
     def key(self, item: str) -> str:
         return self.store.key(f"view:nb:{item}")
-
-    def trend_key(self, scope: str | None) -> str:
-        return self.store.key(f"view:trend:{scope or '*'}")
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -122,16 +141,18 @@ class NeighbourViews:
     async def trending(self, scope: str | None) -> list[list[Any]]:
         """``[[item, score, cat, brand], ..]``, best first: decayed popularity of all items or of
         a category (kept for the first three levels of a path; deeper filters read the third
-        level and keep the matching items)."""
-        key = self.trend_key(scope)
-        if self.cache:
-            raw = await self.store.client.get(key)
-            if raw:
-                return list(orjson.loads(raw))
+        level and keep the matching items). Cached in the process: a trending list moves
+        slowly, and each process rebuilding its own costs a few reads per scope and period."""
+        now = time.monotonic()
+        hit = self._trending.get(scope)
+        if self.cache and hit is not None and hit[0] > now:
+            return hit[1]
         rows = await self._build_trending(scope)
         if self.cache:
-            await self.store.client.set(key, orjson.dumps(rows),
-                                        px=max(int(self.s.trending_cache_s * 1000), 1))
+            if len(self._trending) >= TRENDING_SCOPES:
+                self._trending = {s: v for s, v in self._trending.items() if v[0] > now}
+            if len(self._trending) < TRENDING_SCOPES:
+                self._trending[scope] = (now + self.s.trending_cache_s, rows)
         return rows
 
     # --- building ---------------------------------------------------------------------------
@@ -143,10 +164,15 @@ class NeighbourViews:
         return out
 
     async def refresh(self, items: Sequence[str]) -> int:
-        """Rebuild and store the views of ``items`` (the worker's refresh); returns how many."""
+        """Rebuild and store the views of ``items`` (the worker's refresh); returns how many.
+        Their merged popularity and labels are re-read from the shards and kept in
+        ``view:items`` too: an item's figures change only when it is touched, so other views
+        can read them there, one field per item, instead of from every shard."""
         for start in range(0, len(items), BUILD_CHUNK):
-            await self._store(await self._build_chunk(items[start:start + BUILD_CHUNK]),
-                              only_if_absent=False)
+            chunk = items[start:start + BUILD_CHUNK]
+            fresh = await self._stats_from_shards(chunk)
+            await self._keep_stats(fresh)
+            await self._store(await self._build_chunk(chunk, fresh), only_if_absent=False)
         return len(items)
 
     async def _store(self, views: Mapping[str, View], only_if_absent: bool) -> None:
@@ -157,30 +183,60 @@ class NeighbourViews:
             pipe.set(self.key(item), orjson.dumps(view), ex=self.ttl_s, nx=only_if_absent)
         await pipe.execute()
 
-    async def _build_chunk(self, items: Sequence[str]) -> dict[str, View]:
-        pipe = self.store.client.pipeline(transaction=False)
-        order: list[tuple[str, str]] = []
-        for rel, shards in self.shards.items():
-            for item in items:
-                for shard in shards:
-                    pipe.zrevrange(f"{shard}{rel}:co:{item}", 0, NEIGHBOURS_READ - 1,
-                                   withscores=True)
-                    order.append((rel, item))
+    async def _build_chunk(self, items: Sequence[str],
+                           known: Mapping[str, ItemStats] | None = None) -> dict[str, View]:
+        calls = [(rel, self._read(keys=[shard + "wm"], args=[
+                      f"{shard}{rel}:co:", NEIGHBOURS_READ, *items]))
+                 for rel, shards in self.shards.items() for shard in shards]
         pairs: dict[str, dict[str, dict[str, float]]] = {item: {} for item in items}
-        for (rel, item), rows in zip(order, await pipe.execute(), strict=True):
-            merged = pairs[item].setdefault(rel, {})
-            for other, weight in rows:
-                merged[other] = merged.get(other, 0.0) + weight
-        involved = sorted({*items, *(o for by in pairs.values() for rel in by.values()
-                                     for o in rel)})
-        pops, labels = await self._popularity_and_labels(involved)
+        for (rel, _), per_item in zip(calls, await asyncio.gather(*(c for _, c in calls)),
+                                      strict=True):
+            for item, flat in zip(items, per_item, strict=True):
+                merged = pairs[item].setdefault(rel, {})
+                for k in range(0, len(flat), 2):
+                    merged[flat[k]] = merged.get(flat[k], 0.0) + float(flat[k + 1])
+        involved = set(items)
+        for by_rel in pairs.values():
+            for rel, merged in by_rel.items():
+                # the strongest links by weight, twice the view's size, go on to be normalised
+                if len(merged) > 2 * self.s.view_size:
+                    by_rel[rel] = merged = dict(sorted(
+                        merged.items(), key=lambda kv: -kv[1])[: 2 * self.s.view_size])
+                involved.update(merged)
+        stats = dict(known or {})
+        stats.update(await self._stats(sorted(involved - stats.keys())))
+        pops, labels = split_stats(stats)
         return {item: merge_view(item, pairs[item], pops, labels, self.s.bought_together_boost,
                                  self.s.view_size) for item in items}
 
-    async def _popularity_and_labels(self, items: Sequence[str]
-                                     ) -> tuple[dict[str, dict[str, float]], dict[str, Labels]]:
+    async def _stats(self, items: Sequence[str]) -> dict[str, ItemStats]:
+        """Merged popularity and labels: from ``view:items`` where the worker keeps them, else
+        (and for items it has not refreshed yet) from the shards."""
         if not items:
-            return {rel: {} for rel in self.shards}, {}
+            return {}
+        if not self.cache:
+            return await self._stats_from_shards(items)
+        rows = await self.store.client.hmget(self.store.key("view:items"), list(items))
+        found: dict[str, ItemStats] = {}
+        for item, row in zip(items, rows, strict=True):
+            if row:
+                cv, bt, cat, brand = orjson.loads(row)
+                found[item] = (cv, bt, cat, brand)
+        missing = [item for item in items if item not in found]
+        if missing:
+            fresh = await self._stats_from_shards(missing)
+            await self._keep_stats(fresh)
+            found.update(fresh)
+        return found
+
+    async def _keep_stats(self, stats: Mapping[str, ItemStats]) -> None:
+        mapping = {item: orjson.dumps(row) for item, row in stats.items() if any(row)}
+        if self.cache and mapping:
+            await self.store.client.hset(self.store.key("view:items"), mapping=mapping)
+
+    async def _stats_from_shards(self, items: Sequence[str]) -> dict[str, ItemStats]:
+        if not items:
+            return {}
         pipe = self.store.client.pipeline(transaction=False)
         for rel, shards in self.shards.items():
             for shard in shards:
@@ -190,20 +246,20 @@ class NeighbourViews:
         for shard in self.brand_shards:
             pipe.hmget(shard + "ibrand", list(items))
         rows = iter(await pipe.execute())
-        pops: dict[str, dict[str, float]] = {rel: {} for rel in self.shards}
-        for rel, shards in self.shards.items():
+        pops: dict[str, list[float]] = {item: [0.0, 0.0] for item in items}
+        for slot, shards in enumerate(self.shards.values()):
             for _ in shards:
                 for item, score in zip(items, next(rows), strict=True):
                     if score is not None:
-                        pops[rel][item] = pops[rel].get(item, 0.0) + score
-        cats: dict[str, str] = {}
-        brands: dict[str, str] = {}
-        for found, shards in ((cats, self.cat_shards), (brands, self.brand_shards)):
+                        pops[item][slot] += score
+        labels: dict[str, list[str | None]] = {item: [None, None] for item in items}
+        for slot, shards in enumerate((self.cat_shards, self.brand_shards)):
             for _ in shards:
                 for item, value in zip(items, next(rows), strict=True):
                     if value:
-                        found[item] = value
-        return pops, {item: (cats.get(item), brands.get(item)) for item in items}
+                        labels[item][slot] = value
+        return {item: (pops[item][0], pops[item][1], labels[item][0], labels[item][1])
+                for item in items}
 
     async def _build_trending(self, scope: str | None) -> list[list[Any]]:
         n = self.s.trending_size
@@ -223,7 +279,7 @@ class NeighbourViews:
             for item, score in rows:
                 totals[item] = totals.get(item, 0.0) + score
         ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
-        _, labels = await self._popularity_and_labels([item for item, _ in ranked])
+        _, labels = split_stats(await self._stats([item for item, _ in ranked]))
         if scope is not None and level != scope:
             ranked = [(i, s) for i, s in ranked if in_category(labels[i][0], scope)]
         return [[item, score, *labels[item]] for item, score in ranked[:n]]

@@ -9,8 +9,6 @@ worker's refresh lag). So the evaluation measures the code that serves the store
 
 from __future__ import annotations
 
-from kafka.partitioner.default import murmur2
-
 from engine.config import Settings
 from engine.contracts import Validator, load_catalogue
 from engine.core.activity import dead_letter_ops
@@ -26,7 +24,7 @@ class OnlineRecommender:
     def __init__(self, store: StateStore, settings: Settings) -> None:
         catalogue = load_catalogue()
         self.store = store
-        self.partitions = {t.name: t.partitions for t in catalogue.inputs}
+        self.catalogue = catalogue
         self.validator = Validator(catalogue, settings.validation)
         self.core = decision_core(settings)
         self.recommender = Recommender(store, catalogue, settings, views=NeighbourViews(
@@ -39,7 +37,7 @@ class OnlineRecommender:
         return cls(StateStore.open(settings.redis), settings)
 
     async def learn(self, record: Record) -> None:
-        partition = (murmur2(record.key.encode()) & 0x7FFFFFFF) % self.partitions[record.topic]
+        partition = self.catalogue.partition_of(record.topic, record.key)
         offset = self.offsets.get((record.topic, partition), -1) + 1
         self.offsets[(record.topic, partition)] = offset
         rejection = self.validator.check_event(record.topic, record.event)

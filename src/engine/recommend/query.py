@@ -1,7 +1,7 @@
 """Recommendations, the read side: live lists for the API and the evaluator.
 
 A personal query costs three or four pipelined round trips: the user's live state from the
-shards (history, region, personal vector, the event time the state reflects), the pre-scored
+user's own shards (history, region, personal vector; a handful of reads), the pre-scored
 neighbour views of the user's seed items (``recommend.neighbours``), the cached trending list,
 and the personal model's item vectors with stock at the user's centre. Scoring and the rules
 are pure functions in ``core.recommend``.
@@ -10,6 +10,7 @@ are pure functions in ``core.recommend``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from engine.core.recommend import (
     recency_weight,
     score_candidates,
 )
-from engine.recommend.neighbours import Labels, NeighbourViews, View, view_labels
+from engine.recommend.neighbours import RELATION_TOPICS, Labels, NeighbourViews, View, view_labels
 from engine.recommend.personal import dot_scores
 from engine.store import StateStore
 
@@ -35,6 +36,8 @@ MODEL_VERSION = "reco-cooc-cosine/2"
 #: Candidates kept for the rules and the personal model: k times this, at least
 #: CANDIDATES_MIN; more when a category filter will drop some.
 CANDIDATE_FACTOR, CANDIDATES_MIN, CATEGORY_FACTOR = 3, 30, 10
+#: How long the state's latest event time, reported with every list, is reused.
+STATE_TIME_CACHE_S = 0.25
 
 Pick = tuple[str, float, dict[str, Any]]
 
@@ -79,44 +82,59 @@ class Recommender:
         self.s = settings.recommend
         self.settings = settings
         self.views = views or NeighbourViews(store, catalogue, settings.recommend)
+        self.catalogue = catalogue
         self.click_shards = [store.shard("clicks", p)
                              for p in range(catalogue.topics["clicks"].partitions)]
         self.inventory_shards = [store.shard("inventory", p)
                                  for p in range(catalogue.topics["inventory"].partitions)]
+        self._state_time_cache: tuple[float, int | None] = (0.0, None)
+
+    def _shards(self, topic: str, key: str) -> list[str]:
+        """Where ``key``'s records of ``topic`` are: its partition's shard (``user_shards =
+        "keyed"``, see streams/topics.toml), or every shard of the topic."""
+        if self.s.user_shards == "keyed":
+            return [self.store.shard(topic, self.catalogue.partition_of(topic, key))]
+        return [self.store.shard(topic, p) for p in range(self.catalogue.topics[topic].partitions)]
 
     # --- reads ------------------------------------------------------------------------------
 
     async def _user_state(self, user: str) -> UserState:
+        shards = {rel: [s for t in topics for s in self._shards(t, user)]
+                  for rel, topics in RELATION_TOPICS.items()}
+        click_shards = self._shards("clicks", user)
         pipe = self.store.client.pipeline(transaction=False)
-        for rel, shards in self.views.shards.items():
-            for shard in shards:
+        for rel, rel_shards in shards.items():
+            for shard in rel_shards:
                 pipe.zrange(f"{shard}{rel}:hist:{user}", 0, -1, withscores=True)
-        for shard in self.click_shards:
+        for shard in click_shards:
             pipe.hget(f"{shard}user:{user}", "region")
-            pipe.hget(shard + "stats", "event_time_max")
             pipe.hget(shard + "mf:u", user)
         rows = iter(await pipe.execute())
-        history: dict[str, dict[str, float]] = {rel: {} for rel in self.views.shards}
-        for rel, shards in self.views.shards.items():
-            for _ in shards:
+        history: dict[str, dict[str, float]] = {rel: {} for rel in shards}
+        for rel, rel_shards in shards.items():
+            for _ in rel_shards:
                 for item, t in next(rows):
                     history[rel][item] = max(history[rel].get(item, 0.0), t)
-        region, vector, times = None, None, []
-        for shard in self.click_shards:
-            found_region, event_time, found_vector = next(rows), next(rows), next(rows)
+        region, vector = None, None
+        for shard in click_shards:
+            found_region, found_vector = next(rows), next(rows)
             region = region or found_region
-            if event_time:
-                times.append(int(event_time))
             if found_vector and vector is None:
                 vector = (shard, found_vector)
-        return UserState(history, region, vector, max(times) if times else None)
+        return UserState(history, region, vector, await self._state_time())
 
     async def _state_time(self) -> int | None:
+        """The latest event time in state, re-read at most every STATE_TIME_CACHE_S."""
+        expires, cached = self._state_time_cache
+        if time.monotonic() < expires:
+            return cached
         pipe = self.store.client.pipeline(transaction=False)
         for shard in self.click_shards:
             pipe.hget(shard + "stats", "event_time_max")
         times = [int(t) for t in await pipe.execute() if t]
-        return max(times) if times else None
+        latest = max(times) if times else None
+        self._state_time_cache = (time.monotonic() + STATE_TIME_CACHE_S, latest)
+        return latest
 
     async def _model_and_stock(self, state: UserState, items: Sequence[str]
                                ) -> tuple[dict[str, float], set[str]]:
@@ -130,7 +148,7 @@ class Recommender:
             pipe.hmget(state.vector[0] + "mf:i", list(items))
         if state.region:
             dc = self.settings.region(state.region).dc
-            for shard in self.inventory_shards:
+            for shard in self.inventory_shards:   # keyed by item: a centre's items spread
                 pipe.hmget(f"{shard}stock:{dc}", list(items))
         rows = await pipe.execute()
         predicted = dot_scores(state.vector[1], items, rows.pop(0)) \
