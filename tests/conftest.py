@@ -22,6 +22,8 @@ from engine.config import Settings, load_settings
 from engine.contracts import Catalogue, load_catalogue
 from engine.embedded import ManagedProcess, create_topics, start_broker, start_redis
 
+from .cluster import redis_cluster
+
 WORKER_JOIN_TIMEOUT_S = 120.0
 
 
@@ -119,3 +121,10 @@ def isolated(base_settings: Settings, catalogue: Catalogue, tmp_path: Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-primary Redis Cluster from the same server binary, shared by the session."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url

@@ -37,11 +37,15 @@ def test_merge_scores_cosine_per_relation_and_keeps_the_best() -> None:
     assert view_labels([view]) == {"y": (None, None), "x": ("dvd", None)}
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", "cluster"])
 async def model(settings: Settings, request: pytest.FixtureRequest
                 ) -> AsyncIterator[OnlineRecommender]:
-    live = dataclasses.replace(settings, redis=dataclasses.replace(
-        settings.redis, namespace=f"v-{request.node.name}"))
+    backend = dataclasses.replace(settings.redis, namespace=f"v-{request.node.name}".replace(
+        "[", "-").replace("]", ""))
+    if request.param == "cluster":   # views and queries span slots: no CROSSSLOT allowed
+        backend = dataclasses.replace(backend, url=request.getfixturevalue("cluster_url"),
+                                      cluster=True)
+    live = dataclasses.replace(settings, redis=backend)
     online = OnlineRecommender(StateStore.open(live.redis), live)
     yield online
     async for key in online.store.client.scan_iter(match=f"{live.redis.namespace}:*"):

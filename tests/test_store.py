@@ -7,7 +7,7 @@ call touches one hash tag, so no CROSSSLOT error may ever occur.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.exceptions
@@ -18,15 +18,7 @@ from engine.core.activity import ops_for
 from engine.store import StateStore
 from engine.views import latest_by_event_time
 
-from .cluster import redis_cluster
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
-        yield url
 
 
 @pytest.fixture(params=["redis", "cluster"])

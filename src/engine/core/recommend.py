@@ -131,7 +131,7 @@ def recency_weight(age_ms: float, half_life_ms: float) -> float:
     return float(0.5 ** (max(age_ms, 0.0) / half_life_ms))
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     item: str
     score: float = 0.0
