@@ -155,6 +155,10 @@ class NeighbourViews:
                 self._trending[scope] = (now + self.s.trending_cache_s, rows)
         return rows
 
+    def forget_trending(self) -> None:
+        """Drop the cached trending lists (the evaluator's clock is event time, not wall time)."""
+        self._trending.clear()
+
     # --- building ---------------------------------------------------------------------------
 
     async def build(self, items: Sequence[str]) -> dict[str, View]:

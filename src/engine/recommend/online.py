@@ -3,8 +3,10 @@
 It runs the worker's own path minus Kafka: contract validation, the composed decision core,
 the same Lua script through ``StateStore.apply`` (records are given the partition the default
 Kafka partitioner would pick for their key, and consecutive offsets), and reads through the
-API's ``Recommender``, its neighbour views built fresh for every query (the model without the
-worker's refresh lag). So the evaluation measures the code that serves the storefront.
+API's ``Recommender``, with the worker's view refresh run after every record (the live model
+without the refresh lag; trending lists are rebuilt rather than cached for seconds of wall
+time, so a run is reproducible). So the evaluation measures the code that serves the
+storefront.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from engine.config import Settings
 from engine.contracts import Validator, load_catalogue
 from engine.core.activity import dead_letter_ops
 from engine.core.compose import decision_core
-from engine.recommend.neighbours import NeighbourViews
+from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.recommend.query import Recommender
 from engine.replay.reading import Record
@@ -27,8 +29,9 @@ class OnlineRecommender:
         self.catalogue = catalogue
         self.validator = Validator(catalogue, settings.validation)
         self.core = decision_core(settings)
-        self.recommender = Recommender(store, catalogue, settings, views=NeighbourViews(
-            store, catalogue, settings.recommend, cache=False))
+        self.views = NeighbourViews(store, catalogue, settings.recommend)
+        self.refresher = ViewRefresher(self.views, settings.recommend)
+        self.recommender = Recommender(store, catalogue, settings, views=self.views)
         self.personal = PersonalModel(settings.recommend)
         self.offsets: dict[tuple[str, int], int] = {}
 
@@ -49,6 +52,10 @@ class OnlineRecommender:
                                               [(offset, record.event)])
             ops += learned.get(offset, [])
         await self.store.apply(record.topic, partition, [(offset, ops)])
+        if rejection is None:   # the worker's refresh, without its lag
+            self.refresher.observe(record.topic, [record.event])
+            await self.refresher.tick()
+            self.views.forget_trending()
 
     async def recommend(self, user_id: str, k: int) -> list[str]:
         result = await self.recommender.for_user(user_id, k)
