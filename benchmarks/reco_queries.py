@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+import procstat
 from prometheus_client.parser import text_string_to_metric_families
 from workload import BATCH, TP, Workload, build_workload, interleave, publish_results, say
 
@@ -348,6 +349,8 @@ class Bench:
         self.stack, self.store, self.pool = stack, store, pool
         self.catalogue = load_catalogue()
         self.published = 0
+        #: processes beyond the stack's to account CPU for (the replay's child)
+        self.pids: dict[str, int] = {}
 
     def check(self) -> None:
         reason = self.stack.supervisor.wait(timeout=0.001)
@@ -415,15 +418,20 @@ class Bench:
         latency_key = self.store.key("metrics:event_to_state")
         await self.store.client.delete(latency_key)
         before, events = await server_histogram(self.pool), await self.events_in()
+        pids = {p.name: p.pid for p in self.stack.supervisor.processes if p.pid is not None}
+        pids.update(self.pids, generator=os.getpid())
+        busy = procstat.snapshot(pids)
         cpu = time.process_time()
         samples, wall = await run()
         cpu = time.process_time() - cpu
+        cores = procstat.cores_used(busy, procstat.snapshot(pids), wall)
         events = await self.events_in() - events
         after, settled = await settle(self.pool)
         self.check()
         out = describe(samples, wall)
         return {"step": label, "seconds": round(wall, 1), **out,
                 "client_cpu_us_per_request": round(cpu / len(samples) * 1e6, 1),
+                "cores_by_process": cores,
                 "server": server_side(before, after, out["latency_ms"]["mean"]),
                 "settle_s": round(settled, 1),
                 "worker": {"applied_per_s": round(events / wall),
@@ -459,6 +467,8 @@ async def under_load(stack: Stack, seconds: float, per_kind: int) -> dict[str, A
         rees46 = build_records(stack.settings, ["rees46"], catalog=False)
         base = await bench.baseline(request_mix(rees46, 2_000, SEED + 1), per_kind)
         with Replay(stack.settings, REPLAY_RATE) as replay:
+            if replay.proc.pid is not None:
+                bench.pids["replay"] = replay.proc.pid
             await asyncio.sleep(REPLAY_LEAD_S)
             bench.check()
             say(f"capacity: {SATURATION_CLIENTS} requests in flight for {SATURATION_S:.0f} s, "
@@ -651,6 +661,10 @@ def tables(r: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
              f"{p['client_cpu_us_per_request']:,.0f}", _ms(p["generator_late_ms"]["p99"]),
              f"{p['worker']['applied_per_s']:,}", _ms(p["worker"]["event_to_state_ms"]["p99"])]
             for name, p in zip(names, steps, strict=True)]
+    who = sorted({n for p in steps for n in p.get("cores_by_process", {})})
+    cores = [[name, *(f"{p.get('cores_by_process', {}).get(n, 0):.2f}" for n in who),
+              f"{sum(p.get('cores_by_process', {}).values()):.2f}"]
+             for name, p in zip(names, steps, strict=True)]
     kinds = [[name, kind, f"{v['requests']:,}", _ms(v["p50"]), _ms(v["p99"]), _ms(v["max"])]
              for name, p in zip(names, steps, strict=True) for kind, v in p["by_kind"].items()]
     u = r["update"]
@@ -680,6 +694,8 @@ def tables(r: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
          ["step", "API requests", "API mean ms", "API ≤ 5 ms", "API p99 ms",
           "client CPU µs/req", "generator late p99 ms", "worker events/s",
           "event→state p99 ms"], side),
+        ("Cores kept busy, by process (from /proc; the machine has "
+         f"{r['machine']['cpus']})", ["step", *who, "total"], cores),
         ("Latency by request kind (ms)", ["step", "kind", "requests", "p50", "p99", "max"],
          kinds),
         (f"Update cost per event (µs, {u['events']:,} events, batch {u['batch']}, median of "

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from engine.config import Settings
+from engine.config import RecommendSettings, Settings
 from engine.contracts import Catalogue
 from engine.core.recommend import BOUGHT_TOGETHER, CO_VIEWED, cosine
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher, merge_view, view_labels
@@ -68,11 +68,14 @@ async def test_a_reader_builds_a_missing_view_and_the_refresher_updates_it(
     assert [row[0] for row in first["n"]] == ["b"] and first["cat"] == "media.video.dvd"
     assert await model.store.client.ttl(views.key("a")) > 3600
 
-    # u1 goes on to c: the link a-c is in the shards, but only c was touched
+    # u1 goes on to c: the evaluator's refresher (the worker's) rebuilds c and u1's earlier a
     await feed(model, [view("u1", "c", T0 + 2 * MIN)])
-    assert [row[0] for row in (await views.get(["a"]))["a"]["n"]] == ["b"]   # stored view
+    assert {row[0] for row in (await views.get(["a"]))["a"]["n"]} == {"b", "c"}
+    await model.store.client.set(views.key("a"), orjson.dumps(first))   # a stale view
+    assert [row[0] for row in (await views.get(["a"]))["a"]["n"]] == ["b"]   # readers keep it
     refresher = ViewRefresher(views, views.s)
-    refresher.observe("clicks", [{"item_id": "c"}, {"item_id": "a"}, {"item_id": "c"}])
+    refresher.observe("clicks", [{"item_id": "c", "user_id": "u9", "event_time_ms": T0},
+                                 {"item_id": "a", "user_id": "u8", "event_time_ms": T0}])
     assert list(refresher.dirty) == ["c", "a"]
     await refresher.tick()
     assert not refresher.dirty
@@ -90,6 +93,21 @@ async def test_a_reader_never_overwrites_a_view_and_skips_unknown_items(
     assert (await views.get(["a"]))["a"]["n"] == []
     assert (await views.get(["never-seen"]))["never-seen"]["n"] == []
     assert not await model.store.client.exists(views.key("never-seen"))
+
+
+def test_the_users_items_earlier_in_the_session_are_rebuilt_too() -> None:
+    refresher = ViewRefresher(None, RecommendSettings(**{  # type: ignore[arg-type]
+        **{f.name: 1 for f in dataclasses.fields(RecommendSettings)},
+        "session_window_minutes": 60.0}))
+    refresher.observe("clicks", [{"item_id": i, "user_id": u, "event_time_ms": t}
+                                 for i, u, t in (("a", "u1", T0), ("b", "u2", T0), ("c", "u1", T0),
+                                                 ("c", "u1", T0), ("d", "u2", T0 + 61 * MIN))])
+    assert list(refresher.dirty) == ["a", "b", "c", "d"]
+    assert refresher.recent == {"u1": [("c", T0), ("a", T0)],
+                                "u2": [("d", T0 + 61 * MIN), ("b", T0)]}
+    refresher.dirty.clear()
+    refresher.observe("carts", [{"item_id": "e", "user_id": "u1", "event_time_ms": T0 + MIN}])
+    assert list(refresher.dirty) == ["e", "c", "a"]
 
 
 async def test_refresh_is_bounded_per_round(model: OnlineRecommender,

@@ -11,8 +11,9 @@ no exactly-once care of their own, and losing one costs a rebuild, never data. W
   so it never overwrites a fresher one written by the worker meanwhile;
 - a view not rebuilt for ``view_ttl_hours`` expires: memory follows the active catalogue.
 
-A link a user's event adds between items a and b changes both lists, but only the event's own
-item is rebuilt at once; b's view takes the link at its next interaction or rebuild. Trending
+A link a user's event adds between items a and b changes both lists: the refresher rebuilds the
+event's item and the user's last few items of the session; older partners take the link at
+their next interaction or rebuild. Trending
 lists (all items, or one category) are cached in each reading process for ``trending_cache_s``.
 
 View value, JSON: ``{"cat": .., "brand": .., "n": [[item, cv, bt, cat, brand], ..]}`` with
@@ -46,6 +47,9 @@ CATEGORY_TOPICS, BRAND_TOPICS = ("clicks", "carts", "orders"), ("clicks", "carts
 NEIGHBOURS_READ = 25
 #: Trending lists cached per process at most (scopes are the category levels asked for).
 TRENDING_SCOPES = 1000
+#: Per user, the latest items whose views an interaction refreshes, and how many users the
+#: refresher tracks (bounded memory per worker: at most SESSION_ITEMS x USERS_TRACKED entries).
+SESSION_ITEMS, USERS_TRACKED = 5, 50_000
 #: Items built per pipeline, so that one build does not hold the event loop for long.
 BUILD_CHUNK = 50
 
@@ -297,12 +301,26 @@ class ViewRefresher:
         self.views = views
         self.s = settings
         self.dirty: dict[str, None] = {}   # insertion-ordered set
+        #: user -> [(item, event time)] of their latest clicks and cart adds seen here
+        self.recent: dict[str, list[tuple[str, int]]] = {}
+        self.session_ms = settings.session_window_minutes * 60_000
 
     def observe(self, topic: str, events: Sequence[dict[str, Any]]) -> None:
-        """Called with every applied batch's valid events."""
+        """Called with every applied batch's valid events. Besides the event's item, the user's
+        last ``SESSION_ITEMS`` items within the session window are rebuilt: each just gained a
+        link to this item ("viewed this, then that")."""
         for event in events:
             if topic in ("clicks", "carts") and "item_id" in event:
-                self.dirty[event["item_id"]] = None
+                item, user, t = event["item_id"], event["user_id"], event["event_time_ms"]
+                self.dirty[item] = None
+                recent = self.recent.pop(user, [])
+                for other, seen in recent:
+                    if other != item and abs(t - seen) <= self.session_ms:
+                        self.dirty[other] = None
+                self.recent[user] = [(item, t), *(r for r in recent if r[0] != item)
+                                     ][:SESSION_ITEMS]
+                if len(self.recent) > USERS_TRACKED:   # drop the least recently active half
+                    self.recent = dict(list(self.recent.items())[USERS_TRACKED // 2:])
             elif topic == "orders" and event.get("event_type") == "purchase":
                 for line in event["lines"][: self.s.max_lines_linked]:
                     self.dirty[line["item_id"]] = None
