@@ -17,7 +17,13 @@ import pytest
 from engine.config import RecommendSettings, Settings
 from engine.contracts import Catalogue
 from engine.core.recommend import BOUGHT_TOGETHER, CO_VIEWED, cosine
-from engine.recommend.neighbours import NeighbourViews, ViewRefresher, merge_view, view_labels
+from engine.recommend.neighbours import (
+    NeighbourViews,
+    ViewRefresher,
+    merge_view,
+    project,
+    view_labels,
+)
 from engine.recommend.online import OnlineRecommender
 from engine.store import StateStore
 from tests.test_recommend_live import MIN, T0, feed, purchase, view
@@ -139,3 +145,20 @@ async def test_an_empty_store_has_no_trending_items_and_empty_views(
     views = NeighbourViews(model.store, catalogue, model.recommender.s, cache=False)
     assert await views.trending(None) == [] and await views.trending("media") == []
     assert await views.get(["a"]) == {"a": {"cat": None, "brand": None, "n": []}}
+
+
+async def test_the_worker_hands_items_over_and_the_projector_rebuilds_them(
+        model: OnlineRecommender, catalogue: Catalogue) -> None:
+    await feed(model, [view("u1", "a", T0), view("u1", "b", T0 + MIN)])
+    views = cached(model, catalogue, view_refresh_s=0.01)
+    await model.store.client.delete(views.key("a"), views.key("b"))
+    worker_side = ViewRefresher(views, views.s)
+    worker_side.observe("clicks", [{"item_id": "b", "user_id": "u1", "event_time_ms": T0}])
+    await worker_side.hand_over()
+    assert not worker_side.dirty
+    assert await model.store.client.smembers(views.dirty_key) == {"b"}
+    await project(views, views.s, rounds=1)
+    assert not await model.store.client.exists(views.dirty_key)
+    stored = orjson.loads(await model.store.client.get(views.key("b")))
+    assert [row[0] for row in stored["n"]] == ["a"]
+    assert not await model.store.client.exists(views.key("a"))   # not touched: not built

@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                                                                "debug"], help="Faust log level")
     worker.set_defaults(handler=_worker)
 
+    views = sub.add_parser("views", help="run the recommendation view projector against "
+                           "redis.url (each worker starts one as its child by default)")
+    views.set_defaults(handler=_views)
+
     api = sub.add_parser("api", help="run the HTTP API against kafka.url / redis.url")
     api.add_argument("--host", default=None)
     api.add_argument("--port", type=int, default=None)
@@ -129,6 +133,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
     from prometheus_client import start_http_server
 
+    from engine.embedded.process import start_child
     from engine.worker.app import Worker
 
     _require_urls(settings)
@@ -141,8 +146,31 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         metrics_url = f"http://{settings.api.host}:{server.server_port}/metrics"
         log.warning("worker metrics on %s", metrics_url)
     worker = Worker(settings, catalogue, metrics_url)
+    if settings.worker.views_child:
+        start_child([sys.executable, "-m", "engine", "--log-level", args.log_level, "views"])
     faust.Worker(worker.app, loglevel=args.loglevel, quiet=True,
                  redirect_stdouts=False).execute_from_commandline()
+    return 0
+
+
+def _views(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from engine.recommend.neighbours import NeighbourViews, project
+    from engine.store import StateStore
+
+    if not settings.redis.url:
+        raise EngineError("redis.url is empty: set ENGINE_REDIS_URL")
+
+    async def run() -> None:
+        store = StateStore.open(settings.redis)
+        try:
+            await project(NeighbourViews(store, load_catalogue(), settings.recommend),
+                          settings.recommend)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
     return 0
 
 

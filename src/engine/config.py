@@ -78,6 +78,7 @@ class WorkerSettings:
     commit_interval_s: float
     metrics_port: int
     heartbeat_interval_s: float
+    views_child: bool
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Two mechanisms keep children from outliving the engine:
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import logging
@@ -170,3 +171,22 @@ def _die_with_parent(parent_pid: int) -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def start_child(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """A helper process that shares this one's output and lives exactly as long: the kernel
+    signals it when this process dies (however it dies), and a normal exit stops it first."""
+    parent_pid = os.getpid()
+    child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+                             preexec_fn=lambda: _die_with_parent(parent_pid))
+    atexit.register(_stop_child, child)
+    return child
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()

@@ -5,8 +5,11 @@ The truth stays in the shards, written exactly once with their watermarks (state
 view is a deterministic function of them: building it twice gives the same list, so views need
 no exactly-once care of their own, and losing one costs a rebuild, never data. Writers:
 
-- the worker rebuilds the views of the items its batches touched, every ``view_refresh_s``
-  (``ViewRefresher``), so a view trails its item's latest interaction by about that much;
+- the worker notes the items its batches touched (``ViewRefresher``) in the set ``view:dirty``;
+  a projector process (``engine views``, started by each worker as its child unless
+  ``worker.views_child`` is off) rebuilds them every ``view_refresh_s``, so a view trails its
+  item's latest interaction by about that much, and the rebuilds stay off the worker's event
+  loop;
 - a reader that finds no view (a new item, or one expired) builds it and stores it with SET NX,
   so it never overwrites a fresher one written by the worker meanwhile;
 - a view not rebuilt for ``view_ttl_hours`` expires: memory follows the active catalogue.
@@ -118,6 +121,11 @@ class NeighbourViews:
 
     def key(self, item: str) -> str:
         return self.store.key(f"view:nb:{item}")
+
+    @property
+    def dirty_key(self) -> str:
+        """The set of items whose views wait for the projector."""
+        return self.store.key("view:dirty")
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -325,7 +333,25 @@ class ViewRefresher:
                 for line in event["lines"][: self.s.max_lines_linked]:
                     self.dirty[line["item_id"]] = None
 
+    async def hand_over(self) -> None:
+        """The worker's side: add the touched items to ``view:dirty`` for the projector
+        (``engine views``) and forget them here. Kept for the next call if Redis is away."""
+        if not self.dirty:
+            return
+        items = list(self.dirty)
+        self.dirty.clear()
+        try:
+            for start in range(0, len(items), 1000):
+                await self.views.store.client.sadd(self.views.dirty_key,
+                                                   *items[start:start + 1000])
+        except TRANSIENT_REDIS_ERRORS as exc:
+            metrics.REDIS_ERRORS.inc()
+            self.dirty = dict.fromkeys([*items, *self.dirty])
+            log.warning("%d touched items not handed to the view projector: Redis unavailable "
+                        "(%s)", len(items), exc)
+
     async def tick(self) -> None:
+        """Rebuild up to ``view_refresh_max`` touched items here (the offline evaluator)."""
         if not self.dirty:
             return
         batch = list(self.dirty)[: self.s.view_refresh_max]
@@ -339,3 +365,24 @@ class ViewRefresher:
             log.warning("%d recommendation views not refreshed: Redis unavailable (%s)",
                         len(batch), exc)
         metrics.VIEW_BACKLOG.set(len(self.dirty))
+
+
+async def project(views: NeighbourViews, settings: RecommendSettings,
+                  rounds: int | None = None) -> None:
+    """``engine views``: every ``view_refresh_s``, take up to ``view_refresh_max`` items from
+    ``view:dirty`` and rebuild their views. Any number of projectors can share the set (SPOP
+    hands each item to one). A projector killed mid-round loses that round's items: their views
+    stay as they were until the items are touched again (or expire)."""
+    done = 0
+    while rounds is None or done < rounds:
+        started = time.monotonic()
+        try:
+            items = await views.store.client.spop(views.dirty_key, settings.view_refresh_max)
+            if items:
+                metrics.VIEWS_REFRESHED.inc(await views.refresh(sorted(items)))
+            metrics.VIEW_BACKLOG.set(await views.store.client.scard(views.dirty_key))
+        except TRANSIENT_REDIS_ERRORS as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("view projector: Redis unavailable (%s); retrying", exc)
+        done += 1
+        await asyncio.sleep(max(settings.view_refresh_s - (time.monotonic() - started), 0.0))
