@@ -57,6 +57,7 @@ async def test_metrics_are_prometheus_text(client: httpx.AsyncClient,
     assert response.headers["content-type"].startswith("text/plain")
     assert 'engine_api_requests_total{route="/healthz",status="200"}' in response.text
     assert "engine_state_events" in response.text and "engine_live_workers" in response.text
+    assert "engine_reco_views_waiting " in response.text
 
 
 async def test_stats_and_item_activity(client: httpx.AsyncClient,

@@ -38,6 +38,8 @@ STATE_EVENTS = Gauge("engine_state_events", "Records applied to Redis state, all
 STATE_DLQ = Gauge("engine_state_dead_letters", "Dead-lettered records by reason, all workers",
                   ["topic", "reason"])
 LIVE_WORKERS = Gauge("engine_live_workers", "Workers with a fresh heartbeat")
+VIEW_BACKLOG = Gauge("engine_reco_views_waiting", "Items whose recommendation view waits for "
+                     "the projector (view:dirty), all workers")
 
 ID_PATTERN = r"^[^\s\x00-\x1f]+$"
 ItemId = Path(min_length=1, max_length=128, pattern=ID_PATTERN)
@@ -166,6 +168,7 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
                     STATE_DLQ.labels(topic, reason).set(n)
             workers = await views.live_workers(store, settings.api.worker_stale_after_s)
             LIVE_WORKERS.set(len(workers))
+            VIEW_BACKLOG.set(await store.client.scard(recommender.views.dirty_key))
         except redis.exceptions.RedisError as exc:
             log.warning("metrics without state figures: %s", exc)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
