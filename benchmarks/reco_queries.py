@@ -371,6 +371,18 @@ class Bench:
             await asyncio.sleep(0.2)
         return time.monotonic() - started
 
+    async def views_caught_up(self) -> None:
+        """Wait until the view projector has no backlog, so the baseline is the steady state."""
+        started = time.monotonic()
+        key = self.store.key("view:dirty")
+        while await self.store.client.scard(key):
+            self.check()
+            if time.monotonic() - started > DRAIN_TIMEOUT_S:
+                raise RuntimeError(f"the view projector still has a backlog after "
+                                   f"{DRAIN_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.2)
+        say(f"views: projector caught up in {time.monotonic() - started:.1f} s")
+
     async def backfill(self) -> dict[str, Any]:
         settings = self.stack.settings
         records = build_records(settings, list(BACKFILL_SOURCES))
@@ -384,6 +396,7 @@ class Bench:
         self.published += stats.total
         await self.drain()
         elapsed = time.monotonic() - started
+        await self.views_caught_up()
         return {"events": stats.total, "seconds": round(elapsed, 1),
                 "events_per_s": round(stats.total / elapsed)}
 
@@ -419,6 +432,9 @@ class Bench:
         await self.store.client.delete(latency_key)
         before, events = await server_histogram(self.pool), await self.events_in()
         pids = {p.name: p.pid for p in self.stack.supervisor.processes if p.pid is not None}
+        pids.update({f"{name} child {i}" if i else f"{name} child": child
+                     for name, pid in list(pids.items())
+                     for i, child in enumerate(procstat.children(pid))})
         pids.update(self.pids, generator=os.getpid())
         busy = procstat.snapshot(pids)
         cpu = time.process_time()

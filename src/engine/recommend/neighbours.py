@@ -52,7 +52,7 @@ NEIGHBOURS_READ = 25
 TRENDING_SCOPES = 1000
 #: Per user, the latest items whose views an interaction refreshes, and how many users the
 #: refresher tracks (bounded memory per worker: at most SESSION_ITEMS x USERS_TRACKED entries).
-SESSION_ITEMS, USERS_TRACKED = 5, 50_000
+SESSION_ITEMS, USERS_TRACKED = 2, 50_000
 #: Items built per pipeline, so that one build does not hold the event loop for long.
 BUILD_CHUNK = 50
 
