@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     reco.add_argument("--json", action="store_true", help="print one JSON object")
     reco.set_defaults(handler=_evaluate_recommendations)
 
+    pricing = evaluate.add_parser("pricing", help="pricing policies (static, match the lowest "
+                                  "competitor, the engine) on a demand simulator fitted to the "
+                                  "competitor-price data")
+    pricing.add_argument("--days", type=int, default=120, help="simulated days (default 120)")
+    pricing.add_argument("--seeds", default="1,2,3", help="comma-separated demand seeds")
+    pricing.add_argument("--json", action="store_true", help="print one JSON object")
+    pricing.set_defaults(handler=_evaluate_pricing)
+
     topics = sub.add_parser("topics", help="create the catalogue's topics (idempotent)")
     topics.set_defaults(handler=_topics)
     return parser
@@ -214,6 +222,30 @@ def _evaluate_recommendations(args: argparse.Namespace, settings: Settings) -> i
     from engine.recommend.evaluate import run_evaluate_recommendations
 
     return run_evaluate_recommendations(settings, args.data, limit=args.limit, as_json=args.json)
+
+
+def _evaluate_pricing(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from engine.core.guardrails import Rules
+    from engine.core.pricing import PricingParams
+    from engine.pricing.evaluate import evaluate, render
+
+    if args.days < 2:
+        raise EngineError(f"--days must be at least 2, got {args.days}")
+    try:
+        seeds = [int(s) for s in _split(args.seeds)]
+    except ValueError:
+        raise EngineError(f"--seeds must be comma-separated integers: {args.seeds!r}") from None
+    root = settings.replay.datasets_path / "competitor_prices"
+    result = evaluate(root / "retail_price_competitors.csv",
+                      root / "project_hammer_grocery_prices.csv.gz", args.days, seeds or [1],
+                      Rules(), PricingParams())
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        print(render(result))
+    return 0
 
 
 def _split(text: str) -> list[str]:

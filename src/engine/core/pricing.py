@@ -67,13 +67,19 @@ class ConversionModel:
     def __init__(self, params: PricingParams, weights: Mapping[str, float] | None = None,
                  intercept: float = 0.0) -> None:
         self._lr = linear_model.LogisticRegression(optimizer=optim.SGD(params.learning_rate),
-                                                   l2=params.l2)
+                                                   l2=params.l2,
+                                                   intercept_lr=params.learning_rate)
         for name, value in (weights or {}).items():
             self._lr._weights[name] = value
         self._lr.intercept = intercept
 
     def learn(self, x: Features, bought: bool) -> None:
         self._lr.learn_one(x, bought)
+
+    def learn_weighted(self, x: Features, bought: bool, weight: float) -> None:
+        """One observation standing for ``weight`` of the views (a day's share, say)."""
+        if weight > 0:
+            self._lr.learn_one(x, bought, w=weight)
 
     def probability(self, x: Features) -> float:
         return float(self._lr.predict_proba_one(x)[True])

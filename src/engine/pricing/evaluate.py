@@ -1,0 +1,161 @@
+"""``engine evaluate pricing``: pricing policies against the fitted demand simulator.
+
+Every policy prices the same 52 products over the same simulated days, with the same competitor
+paths and the same random demand draws (``seeds``): units sold on a day are Poisson with the
+simulator's expected demand at the price charged and the competitor's price that day.
+
+- ``static``: the list price (the mean of the product's own observed prices), never changed;
+- ``match_lowest``: the competitor's price of the day, whatever it is;
+- ``engine``: the live pricing core (``core.pricing``: the pooled River conversion model and
+  Thompson sampling over nearby prices) behind the guardrails (``core.guardrails``), learning
+  from the views and purchases it causes. Each product gets a steady stream of views (ten
+  times its expected daily units at the list price, at least 20) that convert with the
+  simulator's probability.
+
+Every price charged is checked against the guardrails (floor = cost x (1 + margin), ceiling,
+maximum step per change); a breach counts as a violation for that policy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.core.guardrails import Rules, Terms, bounds, decide
+from engine.core.pricing import (
+    ConversionModel,
+    PricingParams,
+    candidate_prices,
+    choose_price,
+    decision_seed,
+    features,
+)
+from engine.pricing.simulator import Product, competitor_paths, fit_demand
+
+POLICIES = ("static", "match_lowest", "engine")
+MS_PER_DAY = 86_400_000
+START_MS = 1_704_067_200_000   # 2024-01-01, the simulated calendar's first day
+#: DERIVED: the simulated ceiling, as a multiple of the list price (the data set has none).
+CEILING_FACTOR = 1.5
+VIEWS_PER_UNIT, MIN_VIEWS = 10, 20
+
+
+@dataclass
+class Totals:
+    profit: float = 0.0
+    revenue: float = 0.0
+    units: int = 0
+    violations: int = 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"profit": round(self.profit, 2), "revenue": round(self.revenue, 2),
+                "units": self.units, "violations": self.violations}
+
+
+def terms_of(product: Product) -> Terms:
+    return Terms(unit_cost=product.unit_cost, min_margin=product.min_margin,
+                 list_price=product.list_price,
+                 price_ceiling=round(product.list_price * CEILING_FACTOR, 2))
+
+
+def breaches(previous: float, price: float, terms: Terms, rules: Rules) -> int:
+    """How many guardrails a price change breaks (bounds, step)."""
+    floor, ceiling = bounds(terms, rules)
+    broken = int(price < floor - 1e-9) + int(price > ceiling + 1e-9)
+    return broken + int(abs(price - previous) > rules.max_step * previous + 0.005)
+
+
+class EnginePolicy:
+    """The live pricing core, one conversion model per category."""
+
+    def __init__(self, params: PricingParams, rules: Rules) -> None:
+        self.params, self.rules = params, rules
+        self.models: dict[str, ConversionModel] = {}
+        self.seen: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
+
+    def price(self, product: Product, current: float, competitor: float, t: int,
+              views: int) -> float:
+        terms = terms_of(product)
+        model = self.models.setdefault(product.category, ConversionModel(self.params))
+        candidates = candidate_prices(current, terms, self.rules, self.params.grid_points)
+        prior = {p: model.probability(features(product.item_id, p, product.list_price,
+                                               competitor, t)) for p in candidates}
+        seen = {p: (self.seen[(product.item_id, p)][0], self.seen[(product.item_id, p)][1])
+                for p in candidates}
+        choice = choose_price(candidates, prior, seen, views, product.unit_cost, self.params,
+                              decision_seed(product.item_id, t))
+        return decide(current, choice.price, terms, self.rules, t).price
+
+    def learn(self, product: Product, price: float, competitor: float, t: int, views: int,
+              units: int) -> None:
+        x = features(product.item_id, price, product.list_price, competitor, t)
+        model = self.models[product.category]
+        model.learn_weighted(x, True, units)
+        model.learn_weighted(x, False, views - units)
+        counts = self.seen[(product.item_id, price)]
+        counts[0] += views
+        counts[1] += units
+
+
+def simulate(products: Sequence[Product], paths: Sequence[np.ndarray], days: int, seed: int,
+             policy: str, rules: Rules, params: PricingParams) -> Totals:
+    totals = Totals()
+    engine = EnginePolicy(params, rules) if policy == "engine" else None
+    rng = np.random.default_rng(seed)
+    for i, product in enumerate(products):
+        path = paths[i % len(paths)] * product.competitor_mean
+        terms = terms_of(product)
+        views = max(MIN_VIEWS, round(VIEWS_PER_UNIT * product.daily_demand(
+            product.list_price, product.competitor_mean)))
+        price = product.list_price
+        for day in range(days):
+            t = START_MS + day * MS_PER_DAY
+            competitor = float(path[day])
+            previous = price
+            if policy == "match_lowest":
+                price = round(competitor, 2)
+            elif engine is not None:
+                price = engine.price(product, price, competitor, t, views)
+            totals.violations += breaches(previous, price, terms, rules) if day else 0
+            expected = min(product.daily_demand(price, competitor), float(views))
+            units = int(min(rng.poisson(expected), views))
+            if engine is not None:
+                engine.learn(product, price, competitor, t, views, units)
+            totals.units += units
+            totals.revenue += units * price
+            totals.profit += units * (price - product.unit_cost)
+    return totals
+
+
+def evaluate(kaggle_path: Path, hammer_path: Path, days: int, seeds: Sequence[int],
+             rules: Rules, params: PricingParams) -> dict[str, Any]:
+    products = fit_demand(kaggle_path)
+    paths = competitor_paths(hammer_path, days, len(products))
+    out: dict[str, Totals] = {name: Totals() for name in POLICIES}
+    for seed in seeds:
+        for name in POLICIES:
+            run = simulate(products, paths, days, seed, name, rules, params)
+            acc = out[name]
+            acc.profit += run.profit
+            acc.revenue += run.revenue
+            acc.units += run.units
+            acc.violations += run.violations
+    return {"policies": {name: totals.as_dict() for name, totals in out.items()},
+            "products": len(products), "days": days, "seeds": list(seeds),
+            "competitor_paths": len(paths)}
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"Pricing policies on the fitted demand simulator: {result['products']} products, "
+             f"{result['days']} days, seeds {result['seeds']}",
+             f"{'policy':<14}{'profit':>14}{'revenue':>14}{'units':>10}{'violations':>12}"]
+    for name, t in result["policies"].items():
+        lines.append(f"{name:<14}{t['profit']:>14,.2f}{t['revenue']:>14,.2f}{t['units']:>10,}"
+                     f"{t['violations']:>12,}")
+    return "\n".join(lines)
+
