@@ -11,11 +11,13 @@ from engine.core.guardrails import Rules, Terms, bounds
 from engine.core.pricing import (
     ConversionModel,
     PricingParams,
-    candidate_prices,
+    calibrated_prior,
     choose_price,
     decision_id,
     decision_seed,
     features,
+    nearest_arm,
+    price_arms,
 )
 
 T0 = 1_569_888_000_000   # 2019-10-01 00:00 UTC, a Tuesday
@@ -48,13 +50,26 @@ def test_the_model_learns_that_cheaper_converts_and_round_trips_as_numbers() -> 
         model.probability(features("b", 12.0, 10.0, None, T0))
 
 
-def test_candidates_stay_within_one_step_and_the_bounds() -> None:
-    terms, rules = Terms(unit_cost=8.0, min_margin=0.1, list_price=11.0), Rules(max_step=0.1)
-    got = candidate_prices(10.0, terms, rules, points=5)
-    floor, ceiling = bounds(terms, rules)
-    assert 10.0 in got and got == sorted(set(got))
-    assert all(max(floor, 9.0) - 1e-9 <= p <= min(ceiling, 11.0) + 1e-9 for p in got)
-    assert got == [9.0, 9.5, 10.0, 10.5, 11.0]
+def test_price_arms_are_fixed_points_inside_the_bounds() -> None:
+    terms = Terms(unit_cost=8.0, min_margin=0.1, price_ceiling=13.0)
+    arms = price_arms(10.0, terms, Rules(cap_at_list_price=False), spacing=0.1, levels=4)
+    assert arms == [9.0, 10.0, 11.0, 12.0, 13.0]   # 6.00-8.00 are below 8.80, 14.00 above 13
+    assert min(bounds(terms, Rules())) <= arms[0]
+    assert nearest_arm(10.4, arms) == 10.0 and nearest_arm(10.5, arms) == 10.0
+    assert nearest_arm(10.51, arms) == 11.0
+
+
+def test_the_prior_is_the_items_rate_moved_by_the_models_price_effect() -> None:
+    model = ConversionModel(PricingParams(learning_rate=0.1))
+    for i in range(300):
+        model.learn(features("a", 8.0, 10.0, None, T0), bought=i % 3 == 0)
+        model.learn(features("a", 12.0, 10.0, None, T0), bought=False)
+    at = {p: features("a", p, 10.0, None, T0) for p in (8.0, 10.0, 12.0)}
+    prior = calibrated_prior(model, at, current=10.0, views=1_000, purchases=20)
+    assert prior[10.0] == pytest.approx(20.5 / 1_025)   # the item's own rate at the current
+    assert prior[8.0] > prior[10.0] > prior[12.0]
+    fresh = calibrated_prior(ConversionModel(PricingParams()), at, 10.0, 0, 0)
+    assert list(fresh.values()) == pytest.approx([0.5 / 25] * 3)   # no data: a weak 2 % prior
 
 
 def test_thompson_sampling_follows_the_evidence_and_is_reproducible() -> None:

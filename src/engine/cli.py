@@ -240,7 +240,7 @@ def _evaluate_pricing(args: argparse.Namespace, settings: Settings) -> int:
     root = settings.replay.datasets_path / "competitor_prices"
     result = evaluate(root / "retail_price_competitors.csv",
                       root / "project_hammer_grocery_prices.csv.gz", args.days, seeds or [1],
-                      Rules(), PricingParams())
+                      Rules(cap_at_list_price=False), PricingParams())
     if args.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:

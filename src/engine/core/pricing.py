@@ -9,8 +9,9 @@ data accumulates. Views are negatives and purchases positives, so the model esti
 of a purchase per view up to a constant factor, which cancels when candidate prices are compared.
 Parameters are plain numbers (feature -> weight, intercept), stored in Redis as data.
 
-Choice: Thompson sampling over a few candidate prices around the current one (``grid_points``
-within the guardrails' step), so elasticity is learned without wild swings. Each candidate's
+Choice: Thompson sampling over a few fixed price points around the list price
+(``price_arms``), so elasticity is learned without wild swings: the guardrails move the price
+at most one step towards the point chosen. Each candidate's
 conversion has a Beta posterior: the model's estimate as a prior worth ``prior_strength`` views,
 updated by the views and purchases actually seen at that price. A sample is drawn per candidate
 with a generator seeded by the decision's inputs (a replay makes the same choice), and the
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from river import linear_model, optim
 
-from engine.core.guardrails import Rules, Terms, decide
+from engine.core.guardrails import Rules, Terms, bounds
 
 MS_PER_HOUR, MS_PER_DAY = 3_600_000, 86_400_000
 
@@ -39,7 +40,6 @@ Features = dict[str, float]
 class PricingParams:
     learning_rate: float = 0.05
     l2: float = 0.001
-    grid_points: int = 5
     prior_strength: float = 20.0
     objective: str = "profit"   # or "revenue"
 
@@ -93,16 +93,39 @@ class ConversionModel:
         return float(self._lr.intercept)
 
 
-def candidate_prices(current: float, terms: Terms, rules: Rules, points: int) -> list[float]:
-    """Up to ``points`` distinct prices spread over one step either side of ``current``, each
-    passed through the guardrails (so every candidate is one they allow); ``current`` is always
-    among them."""
-    spread = np.linspace(-rules.max_step, rules.max_step, max(points, 1))
-    out = {current}
-    for s in spread:
-        decision = decide(current, current * (1.0 + float(s)), terms, rules, now_ms=0)
-        out.add(decision.price)
-    return sorted(out)
+def price_arms(list_price: float, terms: Terms, rules: Rules, spacing: float, levels: int
+               ) -> list[float]:
+    """The fixed price points an item explores: list price x (1 + k x spacing) for k in
+    -levels..levels, kept where the bounds allow. Fixed points let evidence accumulate per
+    point, where prices relative to a drifting current price would each start from nothing."""
+    floor, ceiling = bounds(terms, rules)
+    arms = {round(list_price * (1.0 + k * spacing), 2) for k in range(-levels, levels + 1)}
+    return sorted(a for a in arms if floor - 1e-9 <= a <= ceiling + 1e-9)
+
+
+def nearest_arm(price: float, arms: Sequence[float]) -> float:
+    return min(arms, key=lambda a: (abs(a - price), a))
+
+
+def calibrated_prior(model: ConversionModel, at: Mapping[float, Features], current: float,
+                     views: int, purchases: int) -> dict[float, float]:
+    """Conversion at each price: the item's own observed rate (with a weak 2 % prior worth 25
+    views) moved by the model's *relative* effect of each price against the current one. The
+    pooled model says how conversion changes with price; the item's data says its level."""
+    rate = (purchases + 0.5) / (views + 25.0)
+    base = math.log(rate / (1.0 - rate))
+    ref = _logit(model.probability(at[current]))
+    return {price: _sigmoid(base + _logit(model.probability(x)) - ref)
+            for price, x in at.items()}
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,14 @@ simulator's expected demand at the price charged and the competitor's price that
   simulator's probability.
 
 Every price charged is checked against the guardrails (floor = cost x (1 + margin), ceiling,
-maximum step per change); a breach counts as a violation for that policy.
+maximum step per change); a breach counts as a violation for that policy. The data set's "list
+price" is only the mean of the prices it observed, so the command runs with
+``cap_at_list_price`` off and a DERIVED ceiling of ``CEILING_FACTOR`` x that price: otherwise no
+policy could ever charge more than the static one.
+
+The engine explores fixed price points (``ARM_SPACING`` apart around the list price) and learns
+per point; its prior for a point is the item's own conversion moved by the category model's
+relative price effect (``core.pricing.calibrated_prior``).
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from engine.core.guardrails import Rules, Terms, bounds, decide
 from engine.core.pricing import (
     ConversionModel,
     PricingParams,
-    candidate_prices,
+    calibrated_prior,
     choose_price,
     decision_seed,
     features,
+    nearest_arm,
+    price_arms,
 )
 from engine.pricing.simulator import Product, competitor_paths, fit_demand
 
@@ -43,6 +52,8 @@ START_MS = 1_704_067_200_000   # 2024-01-01, the simulated calendar's first day
 #: DERIVED: the simulated ceiling, as a multiple of the list price (the data set has none).
 CEILING_FACTOR = 1.5
 VIEWS_PER_UNIT, MIN_VIEWS = 10, 20
+#: The engine's price points: list price x (1 + k x ARM_SPACING), k = -ARM_LEVELS..ARM_LEVELS.
+ARM_SPACING, ARM_LEVELS = 0.1, 4
 
 
 @dataclass
@@ -71,23 +82,26 @@ def breaches(previous: float, price: float, terms: Terms, rules: Rules) -> int:
 
 
 class EnginePolicy:
-    """The live pricing core, one conversion model per category."""
+    """The live pricing core: fixed price arms per item, one conversion model per category."""
 
     def __init__(self, params: PricingParams, rules: Rules) -> None:
         self.params, self.rules = params, rules
         self.models: dict[str, ConversionModel] = {}
         self.seen: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
+        self.totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
     def price(self, product: Product, current: float, competitor: float, t: int,
               views: int) -> float:
         terms = terms_of(product)
         model = self.models.setdefault(product.category, ConversionModel(self.params))
-        candidates = candidate_prices(current, terms, self.rules, self.params.grid_points)
-        prior = {p: model.probability(features(product.item_id, p, product.list_price,
-                                               competitor, t)) for p in candidates}
+        arms = price_arms(product.list_price, terms, self.rules, ARM_SPACING, ARM_LEVELS)
+        at = {p: features(product.item_id, p, product.list_price, competitor, t)
+              for p in {*arms, current}}
+        seen_views, seen_bought = self.totals[product.item_id]
+        prior = calibrated_prior(model, at, current, seen_views, seen_bought)
         seen = {p: (self.seen[(product.item_id, p)][0], self.seen[(product.item_id, p)][1])
-                for p in candidates}
-        choice = choose_price(candidates, prior, seen, views, product.unit_cost, self.params,
+                for p in arms}
+        choice = choose_price(arms, prior, seen, views, product.unit_cost, self.params,
                               decision_seed(product.item_id, t))
         return decide(current, choice.price, terms, self.rules, t).price
 
@@ -97,9 +111,14 @@ class EnginePolicy:
         model = self.models[product.category]
         model.learn_weighted(x, True, units)
         model.learn_weighted(x, False, views - units)
-        counts = self.seen[(product.item_id, price)]
+        arms = price_arms(product.list_price, terms_of(product), self.rules, ARM_SPACING,
+                          ARM_LEVELS)
+        counts = self.seen[(product.item_id, nearest_arm(price, arms))]
         counts[0] += views
         counts[1] += units
+        totals = self.totals[product.item_id]
+        totals[0] += views
+        totals[1] += units
 
 
 def simulate(products: Sequence[Product], paths: Sequence[np.ndarray], days: int, seed: int,
