@@ -142,7 +142,7 @@ async def test_trending_is_cached_for_a_bounded_time(model: OnlineRecommender,
 
 async def test_an_empty_store_has_no_trending_items_and_empty_views(
         model: OnlineRecommender, catalogue: Catalogue) -> None:
-    views = NeighbourViews(model.store, catalogue, model.recommender.s, cache=False)
+    views = NeighbourViews(model.store, catalogue, model.recommender.s)
     assert await views.trending(None) == [] and await views.trending("media") == []
     assert await views.get(["a"]) == {"a": {"cat": None, "brand": None, "n": []}}
 

@@ -87,23 +87,31 @@ class EnginePolicy:
     def __init__(self, params: PricingParams, rules: Rules) -> None:
         self.params, self.rules = params, rules
         self.models: dict[str, ConversionModel] = {}
-        self.seen: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
-        self.totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        #: item -> its price points, fixed by its terms
+        self.arms: dict[str, list[float]] = {}
+        #: item -> price point -> [views, purchases] seen there
+        self.seen: dict[str, dict[float, list[int]]] = defaultdict(
+            lambda: defaultdict(lambda: [0, 0]))
+
+    def _arms(self, product: Product) -> list[float]:
+        if product.item_id not in self.arms:
+            self.arms[product.item_id] = price_arms(product.list_price, terms_of(product),
+                                                    self.rules, ARM_SPACING, ARM_LEVELS)
+        return self.arms[product.item_id]
 
     def price(self, product: Product, current: float, competitor: float, t: int,
               views: int) -> float:
-        terms = terms_of(product)
         model = self.models.setdefault(product.category, ConversionModel(self.params))
-        arms = price_arms(product.list_price, terms, self.rules, ARM_SPACING, ARM_LEVELS)
+        arms = self._arms(product)
         at = {p: features(product.item_id, p, product.list_price, competitor, t)
               for p in {*arms, current}}
-        seen_views, seen_bought = self.totals[product.item_id]
-        prior = calibrated_prior(model, at, current, seen_views, seen_bought)
-        seen = {p: (self.seen[(product.item_id, p)][0], self.seen[(product.item_id, p)][1])
-                for p in arms}
+        by_arm = self.seen[product.item_id]
+        prior = calibrated_prior(model, at, current, sum(v for v, _ in by_arm.values()),
+                                 sum(b for _, b in by_arm.values()))
+        seen = {p: (by_arm[p][0], by_arm[p][1]) for p in arms}
         choice = choose_price(arms, prior, seen, views, product.unit_cost, self.params,
                               decision_seed(product.item_id, t))
-        return decide(current, choice.price, terms, self.rules, t).price
+        return decide(current, choice.price, terms_of(product), self.rules, t).price
 
     def learn(self, product: Product, price: float, competitor: float, t: int, views: int,
               units: int) -> None:
@@ -111,14 +119,9 @@ class EnginePolicy:
         model = self.models[product.category]
         model.learn_weighted(x, True, units)
         model.learn_weighted(x, False, views - units)
-        arms = price_arms(product.list_price, terms_of(product), self.rules, ARM_SPACING,
-                          ARM_LEVELS)
-        counts = self.seen[(product.item_id, nearest_arm(price, arms))]
+        counts = self.seen[product.item_id][nearest_arm(price, self._arms(product))]
         counts[0] += views
         counts[1] += units
-        totals = self.totals[product.item_id]
-        totals[0] += views
-        totals[1] += units
 
 
 def simulate(products: Sequence[Product], paths: Sequence[np.ndarray], days: int, seed: int,

@@ -98,22 +98,22 @@ def view_labels(views: Iterable[View]) -> dict[str, Labels]:
     return {row[0]: (row[3], row[4]) for view in views for row in view["n"]}
 
 
-class NeighbourViews:
-    """Reads and builds views. ``cache=False`` (the offline evaluator) builds every view from
-    the shards at each read and stores nothing: the same lists with no lag."""
+def shards_of(store: StateStore, catalogue: Catalogue, topics: Iterable[str]) -> list[str]:
+    """The shard prefixes of every partition of ``topics``."""
+    return [store.shard(t, p) for t in topics for p in range(catalogue.topics[t].partitions)]
 
-    def __init__(self, store: StateStore, catalogue: Catalogue, settings: RecommendSettings,
-                 cache: bool = True) -> None:
+
+class NeighbourViews:
+    """Reads, builds and stores views, and caches trending lists in the process."""
+
+    def __init__(self, store: StateStore, catalogue: Catalogue, settings: RecommendSettings
+                 ) -> None:
         self.store = store
         self.s = settings
-        self.cache = cache
-        self.shards = {rel: [store.shard(t, p) for t in topics
-                             for p in range(catalogue.topics[t].partitions)]
+        self.shards = {rel: shards_of(store, catalogue, topics)
                        for rel, topics in RELATION_TOPICS.items()}
-        self.cat_shards = [store.shard(t, p) for t in CATEGORY_TOPICS
-                           for p in range(catalogue.topics[t].partitions)]
-        self.brand_shards = [store.shard(t, p) for t in BRAND_TOPICS
-                             for p in range(catalogue.topics[t].partitions)]
+        self.cat_shards = shards_of(store, catalogue, CATEGORY_TOPICS)
+        self.brand_shards = shards_of(store, catalogue, BRAND_TOPICS)
         self.ttl_s = max(int(settings.view_ttl_hours * 3600), 1)
         self._trending: dict[str | None, tuple[float, list[list[Any]]]] = {}
         self._read = store.client.register_script(
@@ -134,8 +134,6 @@ class NeighbourViews:
         items = list(dict.fromkeys(items))
         if not items:
             return {}
-        if not self.cache:
-            return await self.build(items)
         pipe = self.store.client.pipeline(transaction=False)
         for item in items:
             pipe.get(self.key(item))
@@ -157,14 +155,13 @@ class NeighbourViews:
         slowly, and each process rebuilding its own costs a few reads per scope and period."""
         now = time.monotonic()
         hit = self._trending.get(scope)
-        if self.cache and hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now:
             return hit[1]
         rows = await self._build_trending(scope)
-        if self.cache:
-            if len(self._trending) >= TRENDING_SCOPES:
-                self._trending = {s: v for s, v in self._trending.items() if v[0] > now}
-            if len(self._trending) < TRENDING_SCOPES:
-                self._trending[scope] = (now + self.s.trending_cache_s, rows)
+        if len(self._trending) >= TRENDING_SCOPES:
+            self._trending = {s: v for s, v in self._trending.items() if v[0] > now}
+        if len(self._trending) < TRENDING_SCOPES:
+            self._trending[scope] = (now + self.s.trending_cache_s, rows)
         return rows
 
     def forget_trending(self) -> None:
@@ -230,8 +227,6 @@ class NeighbourViews:
         (and for items it has not refreshed yet) from the shards."""
         if not items:
             return {}
-        if not self.cache:
-            return await self._stats_from_shards(items)
         rows = await self.store.client.hmget(self.store.key("view:items"), list(items))
         found: dict[str, ItemStats] = {}
         for item, row in zip(items, rows, strict=True):
@@ -247,7 +242,7 @@ class NeighbourViews:
 
     async def _keep_stats(self, stats: Mapping[str, ItemStats]) -> None:
         mapping = {item: orjson.dumps(row) for item, row in stats.items() if any(row)}
-        if self.cache and mapping:
+        if mapping:
             await self.store.client.hset(self.store.key("view:items"), mapping=mapping)
 
     async def _stats_from_shards(self, items: Sequence[str]) -> dict[str, ItemStats]:

@@ -28,7 +28,14 @@ from engine.core.recommend import (
     recency_weight,
     score_candidates,
 )
-from engine.recommend.neighbours import RELATION_TOPICS, Labels, NeighbourViews, View, view_labels
+from engine.recommend.neighbours import (
+    RELATION_TOPICS,
+    Labels,
+    NeighbourViews,
+    View,
+    shards_of,
+    view_labels,
+)
 from engine.recommend.personal import dot_scores
 from engine.store import StateStore
 
@@ -83,10 +90,8 @@ class Recommender:
         self.settings = settings
         self.views = views or NeighbourViews(store, catalogue, settings.recommend)
         self.catalogue = catalogue
-        self.click_shards = [store.shard("clicks", p)
-                             for p in range(catalogue.topics["clicks"].partitions)]
-        self.inventory_shards = [store.shard("inventory", p)
-                                 for p in range(catalogue.topics["inventory"].partitions)]
+        self.click_shards = shards_of(store, catalogue, ["clicks"])
+        self.inventory_shards = shards_of(store, catalogue, ["inventory"])
         self._state_time_cache: tuple[float, int | None] = (0.0, None)
 
     def _shards(self, topic: str, key: str) -> list[str]:
@@ -94,7 +99,7 @@ class Recommender:
         "keyed"``, see streams/topics.toml), or every shard of the topic."""
         if self.s.user_shards == "keyed":
             return [self.store.shard(topic, self.catalogue.partition_of(topic, key))]
-        return [self.store.shard(topic, p) for p in range(self.catalogue.topics[topic].partitions)]
+        return shards_of(self.store, self.catalogue, [topic])
 
     # --- reads ------------------------------------------------------------------------------
 
