@@ -15,6 +15,7 @@ from engine.core.guardrails import (
     Terms,
     bounds,
     competitor_target,
+    lowest_competitor,
     decide,
     screen_competitor_price,
 )
@@ -52,6 +53,18 @@ def test_the_price_is_always_within_the_bounds(current: float, proposed: float, 
         return
     assert floor - 1e-9 <= decision.price <= ceiling + 1e-9
     assert decision.price == round(decision.price, 2)   # whole cents
+
+
+@given(current=prices, proposed=prices, cap=prices, t=terms(), r=rules)
+def test_a_competitor_cap_pulls_the_price_down_but_never_through_the_bounds(
+        current: float, proposed: float, cap: float, t: Terms, r: Rules) -> None:
+    decision = decide(current, proposed, t, r, now_ms=10 * MIN, competitor_cap=cap)
+    assume(not decision.reasons[0].startswith("held:"))
+    floor, ceiling = bounds(t, r)
+    assert floor - 1e-9 <= decision.price <= ceiling + 1e-9
+    low_step = current * (1 - r.max_step)
+    # not above the competitor, unless the floor or the step limit keeps it there
+    assert decision.price <= cap + 1e-9 or decision.price <= max(floor, low_step) + 0.01
 
 
 @given(current=prices, proposed=prices, r=rules)
@@ -118,10 +131,15 @@ def test_competitor_outliers_are_rejected_with_a_reason(price: float, last: floa
 def test_competitor_rules_match_beat_ignore_and_stale_feeds() -> None:
     seen = {"acme": (0, 10.0), "bigbox": (50 * MIN, 12.0), "dodgy": (50 * MIN, 8.0)}
     now = 60 * MIN
-    fresh_only = Rules(competitor_stale_ms=30 * MIN, ignored_competitors=frozenset({"dodgy"}))
+    fresh_only = Rules(competitor_rule="match", competitor_stale_ms=30 * MIN,
+                       ignored_competitors=frozenset({"dodgy"}))
     assert competitor_target(seen, now, fresh_only) == 12.0       # acme is stale, dodgy ignored
-    assert competitor_target(seen, now, Rules()) == 8.0
+    assert competitor_target(seen, now, Rules(competitor_rule="match")) == 8.0
+    assert competitor_target(seen, now, Rules()) is None          # "model": an input only
+    assert lowest_competitor(seen, now, Rules()) == ("dodgy", 8.0)
     beat = Rules(competitor_rule="beat", beat_by=0.05)
     assert competitor_target(seen, now, beat) == pytest.approx(7.6)
     assert competitor_target(seen, now, Rules(competitor_rule="ignore")) is None
-    assert competitor_target(seen, 10 * 86_400_000, Rules()) is None   # the feed fell silent
+    assert lowest_competitor(seen, now, Rules(competitor_rule="ignore")) is None
+    silent = 10 * 86_400_000                                      # the feed fell silent
+    assert competitor_target(seen, silent, Rules(competitor_rule="match")) is None

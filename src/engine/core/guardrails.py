@@ -5,8 +5,12 @@ The optimiser proposes; these rules dispose. In order of precedence:
 1. A manual override that has not expired wins outright (the pricing team's last word).
 2. No change within ``min_interval_ms`` of the item's last change (event time): a price does not
    flap with every click.
-3. The price moves at most ``max_step`` (a fraction) from the current price per change.
-4. The bounds always hold, whatever the step limit says: floor = max(unit cost x (1 + minimum
+3. The competitor rule, when it is "match" or "beat": the price is not above the lowest fresh
+   competitor (or that less ``beat_by``). With "model" (the default) competitors only inform the
+   conversion model; with "ignore" they are not used at all.
+4. The price moves at most ``max_step`` (a fraction) from the current price per change, so a
+   competitor's drop is followed a step at a time.
+5. The bounds always hold, whatever the step limit says: floor = max(unit cost x (1 + minimum
    margin), the catalogue's price floor, MAP), ceiling = min(the catalogue's ceiling, the list
    price when ``cap_at_list_price``). MAP is the *minimum* advertised price agreed with the
    brand, so it is a floor. If the floor is above the ceiling the terms are inconsistent and
@@ -44,8 +48,9 @@ class Rules:
     max_step: float = 0.10
     min_interval_ms: int = 600_000
     cap_at_list_price: bool = True
-    #: "match" the lowest fresh competitor, "beat" it by ``beat_by``, or "ignore" competitors
-    competitor_rule: str = "match"
+    #: "model": competitors are only an input of the conversion model; "match": never above
+    #: the lowest fresh competitor; "beat": below it by ``beat_by``; "ignore": not used at all
+    competitor_rule: str = "model"
     beat_by: float = 0.01
     ignored_competitors: frozenset[str] = field(default_factory=frozenset)
     outlier_ratio: float = 3.0
@@ -63,7 +68,8 @@ class Decision:
     price: float
     changed: bool
     #: why the price is what it is: "override", "held:min_interval", "held:inconsistent_terms",
-    #: "held:step_below_a_cent", "clamped:step", "clamped:floor", "clamped:ceiling", "proposed"
+    #: "held:step_below_a_cent", "competitor:match", "competitor:beat", "clamped:step",
+    #: "clamped:floor", "clamped:ceiling", "proposed"
     reasons: tuple[str, ...]
 
 
@@ -88,8 +94,10 @@ def _cents_down(x: float) -> float:
 
 
 def decide(current: float, proposed: float, terms: Terms, rules: Rules, now_ms: int,
-           last_change_ms: int | None = None, override: Override | None = None) -> Decision:
-    """The price to charge, given the current one and the optimiser's proposal."""
+           last_change_ms: int | None = None, override: Override | None = None,
+           competitor_cap: float | None = None) -> Decision:
+    """The price to charge, given the current one and the optimiser's proposal;
+    ``competitor_cap`` is ``competitor_target``'s answer (None: no competitor rule applies)."""
     if override is not None and now_ms < override.expires_ms:
         price = round(override.price, 2)
         return Decision(price, price != current, ("override",))
@@ -107,6 +115,9 @@ def decide(current: float, proposed: float, terms: Terms, rules: Rules, now_ms: 
         return Decision(current, False, ("held:step_below_a_cent",))
     reasons: list[str] = []
     price = round(proposed, 2)
+    if competitor_cap is not None and price > competitor_cap:
+        price = _cents_down(competitor_cap)
+        reasons.append(f"competitor:{rules.competitor_rule}")
     if not low <= price <= high:
         price = min(max(price, low), high)
         reasons.append("clamped:step")
@@ -137,16 +148,30 @@ def screen_competitor_price(price: float, last_accepted: float | None, rules: Ru
     return None
 
 
-def competitor_target(observations: Mapping[str, tuple[int, float]], now_ms: int, rules: Rules
-                      ) -> float | None:
-    """The price the competitor rule points at, from accepted observations
-    (competitor -> (event time, price)); None when the rule is "ignore" or nothing is fresh."""
+COMPETITOR_RULES = ("model", "match", "beat", "ignore")
+
+
+def lowest_competitor(observations: Mapping[str, tuple[int, float]], now_ms: int, rules: Rules
+                      ) -> tuple[str, float] | None:
+    """The lowest fresh accepted observation as (competitor, price), from observations
+    (competitor -> (event time, price)); None when the rule is "ignore" or nothing is fresh
+    (a feed that fell silent drops out instead of pinning the price to a stale figure)."""
     if rules.competitor_rule == "ignore":
         return None
-    fresh: Iterable[float] = (price for name, (t, price) in observations.items()
-                              if name not in rules.ignored_competitors
-                              and now_ms - t <= rules.competitor_stale_ms)
+    fresh: Iterable[tuple[float, str]] = (
+        (price, name) for name, (t, price) in observations.items()
+        if name not in rules.ignored_competitors and 0 <= now_ms - t <= rules.competitor_stale_ms)
     lowest = min(fresh, default=None)
+    return None if lowest is None else (lowest[1], lowest[0])
+
+
+def competitor_target(observations: Mapping[str, tuple[int, float]], now_ms: int, rules: Rules
+                      ) -> float | None:
+    """The cap the competitor rule puts on the price: the lowest fresh competitor ("match"),
+    less ``beat_by`` ("beat"); None for "model" and "ignore", or when nothing is fresh."""
+    if rules.competitor_rule not in ("match", "beat"):
+        return None
+    lowest = lowest_competitor(observations, now_ms, rules)
     if lowest is None:
         return None
-    return lowest * (1.0 - rules.beat_by) if rules.competitor_rule == "beat" else lowest
+    return lowest[1] * (1.0 - rules.beat_by) if rules.competitor_rule == "beat" else lowest[1]

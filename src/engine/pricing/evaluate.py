@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.guardrails import Rules, Terms, bounds, decide
+from engine.core.guardrails import Rules, Terms, bounds, competitor_target, decide
 from engine.core.pricing import (
     ConversionModel,
     PricingParams,
@@ -111,7 +111,9 @@ class EnginePolicy:
         seen = {p: (by_arm[p][0], by_arm[p][1]) for p in arms}
         choice = choose_price(arms, prior, seen, views, product.unit_cost, self.params,
                               decision_seed(product.item_id, t))
-        return decide(current, choice.price, terms_of(product), self.rules, t).price
+        cap = competitor_target({"rival": (t, competitor)}, t, self.rules)
+        return decide(current, choice.price, terms_of(product), self.rules, t,
+                      competitor_cap=cap).price
 
     def learn(self, product: Product, price: float, competitor: float, t: int, views: int,
               units: int) -> None:
