@@ -77,7 +77,7 @@ def start_worker(settings: Settings, catalogue: Catalogue, log_path: Path) -> Ma
 
 
 def expected_partitions(catalogue: Catalogue) -> set[str]:
-    return {f"{t.name}:{p}" for t in catalogue.inputs for p in range(t.partitions)}
+    return catalogue.input_partitions()
 
 
 def assigned_partitions(settings: Settings) -> set[str]:

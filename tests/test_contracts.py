@@ -29,8 +29,11 @@ def test_catalogue_lists_every_topic_the_issue_names() -> None:
     assert {t.name for t in CATALOGUE.inputs} == {
         "clicks", "carts", "orders", "competitor-prices", "inventory", "catalog"}
     assert {t.name for t in CATALOGUE.outputs} == {"prices", "stocking-signals"}
+    assert {t.name for t in CATALOGUE.consumed} == {t.name for t in CATALOGUE.inputs} | {
+        "price-signals"}
     names = [name for name, _, _ in CATALOGUE.creation_plan()]
-    assert "clicks.dlq" in names and "prices.dlq" not in names
+    assert "clicks.dlq" in names and "price-signals.dlq" in names
+    assert "prices.dlq" not in names
     assert CATALOGUE.topics["catalog"].cleanup_policy == "compact"
 
 

@@ -15,8 +15,8 @@ from engine.core.guardrails import (
     Terms,
     bounds,
     competitor_target,
-    lowest_competitor,
     decide,
+    lowest_competitor,
     screen_competitor_price,
 )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.core.guardrails import COMPETITOR_RULES, Rules
 from engine.errors import ConfigError
 from engine.resources import REPO_ROOT, data_dir
 
@@ -166,6 +167,48 @@ class RecommendSettings:
 
 
 @dataclass(frozen=True)
+class PricingSettings:
+    enabled: bool
+    objective: str
+    currency: str
+    max_step: float
+    min_interval_minutes: float
+    cap_at_list_price: bool
+    competitor_rule: str
+    beat_by: float
+    ignored_competitors: tuple[str, ...]
+    category_rules: tuple[str, ...]
+    outlier_ratio: float
+    outlier_confirmations: int
+    competitor_stale_hours: float
+    reprice_interval_minutes: float
+    arm_spacing: float
+    arm_levels: int
+    learning_rate: float
+    l2: float
+    prior_strength: float
+    low_cover_days: float
+    high_cover_days: float
+    history_size: int
+    model_version: str
+
+    def rules(self, category: str = "") -> Rules:
+        """The guardrail rules for an item of ``category`` (the longest matching prefix of
+        ``category_rules`` picks its competitor rule)."""
+        rule, best = self.competitor_rule, -1
+        for entry in self.category_rules:
+            prefix, _, value = entry.partition("=")
+            if (category == prefix or category.startswith(prefix + ".")) and len(prefix) > best:
+                rule, best = value, len(prefix)
+        return Rules(max_step=self.max_step,
+                     min_interval_ms=round(self.min_interval_minutes * 60_000),
+                     cap_at_list_price=self.cap_at_list_price, competitor_rule=rule,
+                     beat_by=self.beat_by, ignored_competitors=frozenset(self.ignored_competitors),
+                     outlier_ratio=self.outlier_ratio,
+                     competitor_stale_ms=round(self.competitor_stale_hours * 3_600_000))
+
+
+@dataclass(frozen=True)
 class Region:
     dc: str
     lead_time_days: float
@@ -181,6 +224,7 @@ class Settings:
     embedded: EmbeddedSettings
     replay: ReplaySettings
     recommend: RecommendSettings
+    pricing: PricingSettings
     regions: Mapping[str, Region]
 
     def region(self, name: str) -> Region:
@@ -204,6 +248,7 @@ _SECTIONS: dict[str, type] = {
     "embedded": EmbeddedSettings,
     "replay": ReplaySettings,
     "recommend": RecommendSettings,
+    "pricing": PricingSettings,
 }
 
 
@@ -349,3 +394,32 @@ def _check(s: Settings) -> None:
                           f"got {r.user_shards!r}")
     if not 0 <= r.mf_blend <= 1:
         raise ConfigError(f"recommend.mf_blend must be within [0, 1], got {r.mf_blend}")
+    _check_pricing(s.pricing)
+
+
+def _check_pricing(p: PricingSettings) -> None:
+    for key in ("max_step", "outlier_ratio", "outlier_confirmations", "competitor_stale_hours",
+                "reprice_interval_minutes", "arm_spacing", "arm_levels", "learning_rate",
+                "prior_strength", "history_size"):
+        if getattr(p, key) <= 0:
+            raise ConfigError(f"pricing.{key} must be positive, got {getattr(p, key)}")
+    for key in ("min_interval_minutes", "beat_by", "l2", "low_cover_days", "high_cover_days"):
+        if getattr(p, key) < 0:
+            raise ConfigError(f"pricing.{key} must not be negative, got {getattr(p, key)}")
+    if p.max_step >= 1 or p.beat_by >= 1:
+        raise ConfigError("pricing.max_step and pricing.beat_by must be fractions below 1")
+    if p.outlier_ratio <= 1:
+        raise ConfigError(f"pricing.outlier_ratio must be above 1, got {p.outlier_ratio}")
+    if p.objective not in ("profit", "revenue"):
+        raise ConfigError(f"pricing.objective must be \"profit\" or \"revenue\", "
+                          f"got {p.objective!r}")
+    rules = [p.competitor_rule] + [e.partition("=")[2] for e in p.category_rules]
+    for entry in p.category_rules:
+        if "=" not in entry or not entry.partition("=")[0]:
+            raise ConfigError(f"pricing.category_rules entries are \"category=rule\", "
+                              f"got {entry!r}")
+    bad = [r for r in rules if r not in COMPETITOR_RULES]
+    if bad:
+        raise ConfigError(f"pricing competitor rule {bad[0]!r} is not one of {COMPETITOR_RULES}")
+    if len(p.currency) != 3 or not p.currency.isupper():
+        raise ConfigError(f"pricing.currency must be an ISO 4217 code, got {p.currency!r}")

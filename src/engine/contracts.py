@@ -75,9 +75,15 @@ class Catalogue:
     def outputs(self) -> list[TopicSpec]:
         return [t for t in self.topics.values() if t.role == "output"]
 
+    @property
+    def consumed(self) -> list[TopicSpec]:
+        """What the worker reads: the input topics and the engine's internal ones."""
+        return [t for t in self.topics.values() if t.role in ("input", "internal")]
+
     def input_partitions(self) -> set[str]:
-        """Every input partition as "topic:partition" (what live workers must cover)."""
-        return {f"{t.name}:{p}" for t in self.inputs for p in range(t.partitions)}
+        """Every partition the worker consumes, as "topic:partition" (what live workers must
+        cover)."""
+        return {f"{t.name}:{p}" for t in self.consumed for p in range(t.partitions)}
 
     def partition_of(self, topic: str, key: str) -> int:
         """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java client,
@@ -98,7 +104,7 @@ class Catalogue:
         """(name, partitions, config) for every topic including the dead-letter topics."""
         plan = [(t.name, t.partitions, t.kafka_config()) for t in self.topics.values()]
         dlq_config = {"cleanup.policy": "delete", "retention.ms": str(self.dlq_retention_ms)}
-        plan += [(self.dlq(t.name), self.dlq_partitions, dlq_config) for t in self.inputs]
+        plan += [(self.dlq(t.name), self.dlq_partitions, dlq_config) for t in self.consumed]
         return plan
 
 
@@ -121,7 +127,7 @@ def load_catalogue(root: Path | None = None) -> Catalogue:
             )
         except KeyError as exc:
             raise ContractError(f"{path}: topic {entry.get('name', '?')!r} lacks {exc}") from None
-        if spec.role not in ("input", "output") or spec.partitions < 1:
+        if spec.role not in ("input", "internal", "output") or spec.partitions < 1:
             raise ContractError(f"{path}: topic {spec.name!r} has an invalid role or partitions")
         if not (root / spec.schema).is_file():
             raise ContractError(f"{path}: schema {spec.schema} of topic {spec.name!r} is missing")

@@ -28,3 +28,11 @@ VIEWS_REFRESHED = Counter("engine_reco_views_refreshed_total",
                           "Recommendation neighbour views rebuilt by this worker")
 VIEW_BACKLOG = Gauge("engine_reco_view_backlog",
                      "Items touched whose neighbour view waits for the next refresh round")
+PRICE_SIGNALS = Counter("engine_price_signals_forwarded_total",
+                        "Price signals forwarded to price-signals, by source topic", ["topic"])
+PRICE_SIGNAL_DUPLICATES = Counter("engine_price_signal_duplicates_total",
+                                  "Re-sent price signals recognised by their source offset")
+PRICE_CHANGES = Counter("engine_price_changes_total", "Price changes published to prices")
+COMPETITOR_REJECTED = Counter("engine_competitor_prices_rejected_total",
+                              "Competitor observations the pricing stage rejected, by reason",
+                              ["reason"])

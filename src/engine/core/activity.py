@@ -38,6 +38,11 @@ def _stamped(event: Event, value: str) -> str:
     return f"{event['event_time_ms']}|{value}"
 
 
+def common_ops(event: Event) -> list[Op]:
+    """What every valid event counts in its shard, whatever its topic (internal ones too)."""
+    return _common(event)
+
+
 def _common(event: Event) -> list[Op]:
     return [
         ("hincrby", "stats", "valid", "1"),

@@ -14,12 +14,16 @@ from engine.core.activity import Event, Op
 from engine.core.recommend import RecommendCore
 
 Core = Callable[[str, Event], list[Op]]
+#: The internal, item-keyed topic the pricing stage consumes (streams/topics.toml).
+PRICE_SIGNALS = "price-signals"
 
 
 def decision_core(settings: Settings) -> Core:
     recommend = RecommendCore(settings.recommend)
 
     def ops(topic: str, event: Event) -> list[Op]:
+        if topic == PRICE_SIGNALS:   # the pricing stage computes its ops (engine.pricing.stage)
+            return activity.common_ops(event)
         return activity.ops_for(topic, event) + recommend.ops(topic, event)
 
     return ops

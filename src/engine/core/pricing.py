@@ -21,12 +21,14 @@ reported from the posterior means. The guardrails (``core.guardrails``) have the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-import numpy as np
 from river import linear_model, optim
 
 from engine.core.guardrails import Rules, Terms, bounds
@@ -34,6 +36,7 @@ from engine.core.guardrails import Rules, Terms, bounds
 MS_PER_HOUR, MS_PER_DAY = 3_600_000, 86_400_000
 
 Features = dict[str, float]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,23 @@ class ConversionModel:
         if weight > 0:
             self._lr.learn_one(x, bought, w=weight)
 
+    def learn_item(self, name: str, weight: float, x: Features, bought: bool, w: float = 1.0
+                   ) -> float:
+        """Learn with an item's own weight lent to the model (the live engine keeps it in the
+        item's state, so a category's model stays small); returns the item's new weight."""
+        self._lr._weights[name] = weight
+        if w > 0:
+            self._lr.learn_one(x, bought, w=w)
+        return float(self._lr._weights.pop(name, weight))
+
+    def with_item(self, name: str, weight: float, use: Callable[[ConversionModel], T]) -> T:
+        """``use(self)`` with the item's weight lent to the model."""
+        self._lr._weights[name] = weight
+        try:
+            return use(self)
+        finally:
+            self._lr._weights.pop(name, None)
+
     def probability(self, x: Features) -> float:
         return float(self._lr.predict_proba_one(x)[True])
 
@@ -93,6 +113,7 @@ class ConversionModel:
         return float(self._lr.intercept)
 
 
+@functools.lru_cache(maxsize=65_536)
 def price_arms(list_price: float, terms: Terms, rules: Rules, spacing: float, levels: int
                ) -> list[float]:
     """The fixed price points an item explores: list price x (1 + k x spacing) for k in
@@ -100,7 +121,7 @@ def price_arms(list_price: float, terms: Terms, rules: Rules, spacing: float, le
     point, where prices relative to a drifting current price would each start from nothing."""
     floor, ceiling = bounds(terms, rules)
     arms = {round(list_price * (1.0 + k * spacing), 2) for k in range(-levels, levels + 1)}
-    return sorted(a for a in arms if floor - 1e-9 <= a <= ceiling + 1e-9)
+    return sorted(a for a in arms if floor - 1e-9 <= a <= ceiling + 1e-9)   # cached: no edits
 
 
 def nearest_arm(price: float, arms: Sequence[float]) -> float:
@@ -112,7 +133,8 @@ def calibrated_prior(model: ConversionModel, at: Mapping[float, Features], curre
     """Conversion at each price: the item's own observed rate (with a weak 2 % prior worth 25
     views) moved by the model's *relative* effect of each price against the current one. The
     pooled model says how conversion changes with price; the item's data says its level."""
-    rate = (purchases + 0.5) / (views + 25.0)
+    # purchases can outnumber the views seen (orders from channels without a clickstream)
+    rate = min((purchases + 0.5) / (views + 25.0), 0.95)
     base = math.log(rate / (1.0 - rate))
     ref = _logit(model.probability(at[current]))
     return {price: _sigmoid(base + _logit(model.probability(x)) - ref)
@@ -141,7 +163,7 @@ def choose_price(candidates: Sequence[float], prior: Mapping[float, float],
                  unit_cost: float | None, params: PricingParams, seed: int) -> Choice:
     """Thompson sampling: ``prior`` maps a candidate to the model's conversion estimate, ``seen``
     to (views, purchases) observed at that price."""
-    rng = np.random.default_rng(seed)
+    rng = random.Random(seed)
     cost = unit_cost or 0.0
     best: tuple[float, float, float, float] | None = None   # (sampled value, price, mean, demand)
     rows = []
@@ -150,9 +172,9 @@ def choose_price(candidates: Sequence[float], prior: Mapping[float, float],
         views, bought = seen.get(price, (0, 0))
         a = params.prior_strength * p0 + bought
         b = params.prior_strength * (1 - p0) + max(views - bought, 0)
-        mean, sample = a / (a + b), float(rng.beta(a, b))
+        mean, sample = a / (a + b), rng.betavariate(a, b)
         unit_value = price - cost if params.objective == "profit" else price
-        rows.append((price, round(mean, 6), round(sample, 6)))
+        rows.append((price, mean, sample))
         value = sample * views_per_day * unit_value
         if best is None or value > best[0]:
             best = (value, price, mean, mean * views_per_day)

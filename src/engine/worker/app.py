@@ -27,13 +27,14 @@ from faust.types import TP
 from engine import metrics
 from engine.config import Settings
 from engine.contracts import Catalogue, Rejection, Validator
-from engine.core.compose import decision_core
+from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
 from engine.kafka_client import faust_credentials
+from engine.pricing.stage import PRICES, PricingStage, SignalForwarder
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.store import StateStore
-from engine.worker.processor import BatchProcessor, RawRecord
+from engine.worker.processor import BatchProcessor, RawRecord, Stage
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,
         topic_disable_leader=True,
-        topic_partitions=max(t.partitions for t in catalogue.inputs),
+        topic_partitions=max(t.partitions for t in catalogue.consumed),
         table_standby_replicas=0,
         datadir=os.path.join(tempfile.gettempdir(), f"engine-faust-{w.group_id}"),
         key_serializer="raw",
@@ -144,13 +145,19 @@ class Worker:
         self.store = StateStore.open(settings.redis)
         self.views = ViewRefresher(NeighbourViews(self.store, catalogue, settings.recommend),
                                    settings.recommend)
+        pricing = settings.pricing.enabled
+        stages: list[Stage] = [PersonalModel(settings.recommend)]
+        if pricing:
+            stages.append(PricingStage(settings.pricing, self._send))
+        forward = SignalForwarder(catalogue, self._send) if pricing else None
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
                                         self._dead_letter, core=decision_core(settings),
-                                        stages=[PersonalModel(settings.recommend)],
-                                        listeners=[self.views.observe])
-        self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in catalogue.inputs}
+                                        stages=stages, listeners=[self.views.observe],
+                                        forward=forward, untimed=frozenset({PRICE_SIGNALS}))
+        self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in catalogue.consumed}
         self._inputs = {t.name: self.app.topic(t.name, partitions=t.partitions)
-                        for t in catalogue.inputs}
+                        for t in catalogue.consumed}
+        self._outputs = {name: self.app.topic(name) for name in (PRICE_SIGNALS, PRICES)}
         for name, topic in self._inputs.items():
             self._add_agent(name, topic)
         self.app.resume_from = self._resume_from  # type: ignore[attr-defined]
@@ -176,6 +183,20 @@ class Worker:
 
         consume.__name__ = f"apply_{name.replace('-', '_')}"
         self.app.agent(topic, name=f"engine.apply.{name}", concurrency=1)(consume)
+
+    async def _send(self, topic: str, records: list[tuple[bytes | None, bytes, int | None]]
+                    ) -> Awaitable[object]:
+        """Enqueue records (key, value, partition or None for the key's) on an engine topic in
+        order; the result resolves on the broker's acks (a failed send fails the batch, which
+        is then not acknowledged)."""
+        channel = self._outputs[topic]
+        try:
+            pending = [await channel.send(key=key, value=value, partition=partition, force=True)
+                       for key, value, partition in records]
+        except Exception:
+            metrics.BROKER_ERRORS.labels(topic).inc()
+            raise
+        return asyncio.gather(*pending)
 
     async def _dead_letter(self, topic: str, record: RawRecord, rejection: Rejection
                            ) -> Awaitable[object]:

@@ -65,6 +65,10 @@ class Stage(Protocol):
 #: Enqueues one dead letter (in call order) and returns an awaitable that resolves when the
 #: broker has it, so a batch's letters keep their order and are awaited together.
 DeadLetterSink = Callable[[str, RawRecord, Rejection], Awaitable[Awaitable[object]]]
+#: Enqueues what a batch's valid events imply for other topics (topic, [(partition, offset,
+#: event)]) and returns an awaitable of the broker's acks, or None when nothing was sent.
+Forward = Callable[[str, Sequence[tuple[int, int, dict[str, Any]]]],
+                   Awaitable[Awaitable[object] | None]]
 
 
 class BatchProcessor:
@@ -72,8 +76,17 @@ class BatchProcessor:
                  clock: Callable[[], float] = time.time,
                  core: Callable[[str, dict[str, Any]], list[Op]] = ops_for,
                  stages: Sequence[Stage] = (),
-                 listeners: Sequence[Callable[[str, list[dict[str, Any]]], None]] = ()) -> None:
+                 listeners: Sequence[Callable[[str, list[dict[str, Any]]], None]] = (),
+                 forward: Forward | None = None, untimed: frozenset[str] = frozenset()
+                 ) -> None:
         self.store = store
+        #: re-keys events for a downstream stage (price signals); it is sent for every valid
+        #: record, re-deliveries included, and awaited before the batch is acknowledged, so a
+        #: crash re-sends rather than loses (the receiver skips what it already counted)
+        self.forward = forward
+        #: topics left out of the event-to-state histogram (internal hops: their records are
+        #: stamped by the engine, and counting them would weigh the histogram by batch)
+        self.untimed = untimed
         self.core = core
         self.stages = stages
         #: told the valid events of each applied batch (read models to refresh)
@@ -99,10 +112,15 @@ class BatchProcessor:
         valid: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         fresh: list[RawRecord] = []
         letters: list[Awaitable[object]] = []
+        forwarded: list[tuple[int, int, dict[str, Any]]] = []
         for record in records:
             if record.offset <= self.watermarks.get((topic, record.partition), -1):
                 metrics.EVENTS.labels(topic, "duplicate").inc()
                 self.duplicates += 1
+                if self.forward is not None:
+                    again = self.validator.check(topic, record.value, record.timestamp_ms)
+                    if not isinstance(again, Rejection):
+                        forwarded.append((record.partition, record.offset, again))
                 continue
             checked = self.validator.check(topic, record.value, record.timestamp_ms)
             if isinstance(checked, Rejection):
@@ -112,6 +130,8 @@ class BatchProcessor:
             else:
                 ops = self.core(topic, checked)
                 valid.setdefault(record.partition, []).append((record.offset, checked))
+                if self.forward is not None:
+                    forwarded.append((record.partition, record.offset, checked))
             slices.setdefault(record.partition, []).append((record.offset, ops))
             fresh.append(record)
         validated = time.perf_counter()
@@ -119,6 +139,8 @@ class BatchProcessor:
         if letters:
             await asyncio.gather(*letters)
             metrics.STAGE.labels("dlq_publish").observe(time.perf_counter() - validated)
+        # enqueued now, awaited after the apply: the broker round trip overlaps Redis's
+        sent = await self.forward(topic, forwarded) if forwarded and self.forward else None
         applied_at = time.perf_counter()
         skipped = 0
         for partition, batch in slices.items():
@@ -130,6 +152,10 @@ class BatchProcessor:
                 self.duplicates += result.skipped
                 skipped += result.skipped
         metrics.STAGE.labels("redis_apply").observe(time.perf_counter() - applied_at)
+        if sent is not None:
+            forwarded_at = time.perf_counter()
+            await sent
+            metrics.STAGE.labels("forward_ack").observe(time.perf_counter() - forwarded_at)
         if self.listeners and valid:
             events = [event for rows in valid.values() for _, event in rows]
             for listener in self.listeners:
@@ -141,9 +167,11 @@ class BatchProcessor:
         now_ms = self.clock() * 1000.0
         observe = metrics.EVENT_TO_STATE.labels(topic).observe
         ok = metrics.EVENTS.labels(topic, "applied")
+        timed = topic not in self.untimed
         for record in fresh:
             lag_ms = max(now_ms - record.timestamp_ms, 0.0)
-            self.latency.record(lag_ms)
+            if timed:
+                self.latency.record(lag_ms)
             observe(lag_ms / 1000.0)
         ok.inc(len(fresh) - skipped)
         self.applied += len(fresh) - skipped

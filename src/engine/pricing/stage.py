@@ -1,0 +1,196 @@
+"""The live pricing stage: price signals -> item state, models and price changes, exactly once.
+
+Two halves, both in the worker:
+
+- ``SignalForwarder`` turns each valid input event into item-keyed price signals
+  (``core.repricing.signals_for``) and sends them to the internal topic ``price-signals``,
+  stamped with their source (topic, partition, offset). It sends for every record of a batch,
+  re-deliveries included, and the batch is acknowledged only once the broker has them all: a
+  crash at any point re-sends, never loses.
+- ``PricingStage`` is the processor stage of ``price-signals``. An item's signals all land in
+  one partition, so its state (``px``), its price history (``pxh:<item>``) and the conversion
+  models of the categories seen there (``pxm``) live in that partition's shard and are written
+  with its watermark. Re-sent signals are recognised by their source offset (``pxsrc`` keeps the
+  highest counted per source partition) and skipped. Decisions are computed in offset order
+  from the state read at the start of the batch, so a replay makes the same decisions with the
+  same ids; the changes are published to ``prices`` before the batch is applied, so a crash
+  re-publishes them (consumers drop the repeated ``decision_id``), never loses them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from engine import metrics
+from engine.config import PricingSettings
+from engine.contracts import Catalogue
+from engine.core.activity import Op
+from engine.core.compose import PRICE_SIGNALS
+from engine.core.pricing import ConversionModel, PricingParams
+from engine.core.repricing import ItemPricing, PricingConfig, Repricer, signals_for
+from engine.store import StateStore
+
+log = logging.getLogger(__name__)
+
+PRICES = "prices"
+
+#: Sends (key, value, partition or None) records to a topic, in order, and returns an
+#: awaitable of the broker's acks.
+Send = Callable[[str, list[tuple[bytes | None, bytes, int | None]]],
+                Awaitable[Awaitable[object]]]
+
+
+def pricing_config(s: PricingSettings) -> PricingConfig:
+    return PricingConfig(
+        rules=s.rules(), params=PricingParams(learning_rate=s.learning_rate, l2=s.l2,
+                                              prior_strength=s.prior_strength,
+                                              objective=s.objective),
+        arm_spacing=s.arm_spacing, arm_levels=s.arm_levels,
+        reprice_interval_ms=round(s.reprice_interval_minutes * 60_000),
+        outlier_confirmations=s.outlier_confirmations, low_cover_days=s.low_cover_days,
+        high_cover_days=s.high_cover_days, currency=s.currency, model_version=s.model_version)
+
+
+#: Signals per ``price-signals`` record at most (a record stays far below the size limit).
+SIGNALS_PER_RECORD = 200
+
+
+def forwarded_records(catalogue: Catalogue, topic: str,
+                      events: Sequence[tuple[int, int, dict[str, Any]]]
+                      ) -> list[tuple[int, bytes]]:
+    """The ``price-signals`` records (partition, value) of a batch's valid input events: per
+    destination partition (murmur2 of the item id, as a keyed send would place them), the
+    signals in source order, stamped with their source position, in records of at most
+    ``SIGNALS_PER_RECORD``. One record per partition instead of one per signal: an order of
+    forty lines would otherwise cost forty records, each paying the consumer's overhead."""
+    spec = catalogue.topics[PRICE_SIGNALS]
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    for partition, offset, event in events:
+        for n, signal in enumerate(signals_for(topic, event)):
+            signal.update(event_id=f"{topic}:{partition}:{offset}:{n}", source_topic=topic,
+                          source_partition=partition, source_offset=offset)
+            dest = catalogue.partition_of(spec.name, signal["item_id"])
+            by_partition.setdefault(dest, []).append(signal)
+    out = []
+    for dest, signals in sorted(by_partition.items()):
+        for start in range(0, len(signals), SIGNALS_PER_RECORD):
+            chunk = signals[start:start + SIGNALS_PER_RECORD]
+            record = {"event_id": f"{chunk[0]['event_id']}+{len(chunk)}",
+                      "event_time_ms": max(sig["event_time_ms"] for sig in chunk),
+                      "signals": chunk}
+            out.append((dest, orjson.dumps(record)))
+    return out
+
+
+class SignalForwarder:
+    """The processor's ``forward`` hook: enqueue a batch's signals, return their acks."""
+
+    def __init__(self, catalogue: Catalogue, send: Send) -> None:
+        self.catalogue = catalogue
+        self.send = send
+
+    async def __call__(self, topic: str, events: Sequence[tuple[int, int, dict[str, Any]]]
+                       ) -> Awaitable[object] | None:
+        if topic == PRICE_SIGNALS:
+            return None
+        records = forwarded_records(self.catalogue, topic, events)
+        if not records:
+            return None
+        metrics.PRICE_SIGNALS.labels(topic).inc(len(records))
+        return await self.send(PRICE_SIGNALS, [(None, value, dest) for dest, value in records])
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class PricingStage:
+    """The processor stage of ``price-signals`` (see the module docstring)."""
+
+    def __init__(self, settings: PricingSettings, send: Send) -> None:
+        self.s = settings
+        self.send = send
+        self.config = pricing_config(settings)
+        self.repricer = Repricer(self.config)
+
+    async def ops(self, store: StateStore, topic: str, partition: int,
+                  events: Sequence[tuple[int, dict[str, Any]]]) -> dict[int, list[Op]]:
+        if topic != PRICE_SIGNALS or not events:
+            return {}
+        shard = store.shard(topic, partition)
+        signals = [(offset, sig) for offset, record in events for sig in record["signals"]]
+        items = sorted({sig["item_id"] for _, sig in signals})
+        sources = sorted({_source(sig) for _, sig in signals if "source_topic" in sig})
+        pipe = store.client.pipeline(transaction=False)
+        pipe.hmget(shard + "px", items)
+        if sources:
+            pipe.hmget(shard + "pxsrc", sources)
+        replies = await pipe.execute()
+        states = {item: ItemPricing.from_dict(orjson.loads(row)) if row else ItemPricing()
+                  for item, row in zip(items, replies[0], strict=True)}
+        marks = {src: int(v) if v is not None else -1
+                 for src, v in zip(sources, replies[1] if sources else [], strict=True)}
+        categories = sorted(({st.category for st in states.values()}
+                             | {sig.get("category", "") for _, sig in signals}) - {""})
+        rows = await store.client.hmget(shard + "pxm", categories) if categories else []
+        models = {c: self._model(row) for c, row in zip(categories, rows, strict=True)}
+
+        out: dict[int, list[Op]] = {}
+        last_item: dict[str, int] = {}
+        last_model: dict[str, int] = {}
+        last_source: dict[str, int] = {}
+        changes: list[tuple[bytes | None, bytes, int | None]] = []
+        for offset, signal in signals:
+            ops = out.setdefault(offset, [])
+            if "source_topic" in signal:
+                src = _source(signal)
+                if signal["source_offset"] <= marks[src]:
+                    metrics.PRICE_SIGNAL_DUPLICATES.inc()
+                    continue
+                marks[src] = signal["source_offset"]
+                last_source[src] = offset
+            item = signal["item_id"]
+            st = states[item]
+            category = signal.get("category") if signal["kind"] == "catalog" else None
+            category = category or st.category
+            model = models.get(category) or models.setdefault(category, self._model(None))
+            outcome = self.repricer.step(item, st, model, signal, self.s.rules(category))
+            last_item[item] = offset
+            if category:
+                last_model[category] = offset
+            if outcome.rejected:
+                ops.append(("hincrby", "pxrej", outcome.rejected, "1"))
+                metrics.COMPETITOR_REJECTED.labels(outcome.rejected).inc()
+            if outcome.change is not None:
+                body = orjson.dumps(outcome.change)
+                changes.append((item.encode(), body, None))
+                ops += [("lpushcap", f"pxh:{item}", body.decode(), str(self.s.history_size)),
+                        ("hincrby", "pxstats", "changes", "1")]
+        # state and models are written once per batch, with the last event that touched them
+        # (the batch is applied atomically, so this is the same as writing after every event)
+        for item, offset in last_item.items():
+            out[offset].append(("hset", "px", item, _dumps(states[item].as_dict())))
+        for category, offset in last_model.items():
+            model = models[category]
+            out[offset].append(("hset", "pxm", category, _dumps(
+                {"weights": model.weights, "intercept": model.intercept})))
+        for src, offset in last_source.items():
+            out[offset].append(("hsetmax", "pxsrc", src, str(marks[src])))
+        if changes:   # on the broker before the state moves on: a crash re-publishes
+            await (await self.send(PRICES, changes))
+            metrics.PRICE_CHANGES.inc(len(changes))
+        return out
+
+    def _model(self, row: str | None) -> ConversionModel:
+        if not row:
+            return ConversionModel(self.config.params)
+        data = orjson.loads(row)
+        return ConversionModel(self.config.params, data["weights"], data["intercept"])
+
+
+def _source(signal: dict[str, Any]) -> str:
+    return f"{signal['source_topic']}:{signal['source_partition']}"
