@@ -106,6 +106,19 @@ def _parser() -> argparse.ArgumentParser:
     pricing.add_argument("--json", action="store_true", help="print one JSON object")
     pricing.set_defaults(handler=_evaluate_pricing)
 
+    prices = sub.add_parser("prices", help="the engine's price changes").add_subparsers(
+        title="what", required=True, metavar="WHAT")
+    follow = prices.add_parser("follow", help="print price changes from the prices topic as "
+                               "they happen, one readable line each")
+    follow.add_argument("--item", default=None, help="only this item")
+    follow.add_argument("--category", default=None,
+                        help="only this category (and its children, e.g. electronics)")
+    follow.add_argument("--from-beginning", action="store_true",
+                        help="start with the oldest change the topic keeps, not the next one")
+    follow.add_argument("--limit", type=int, default=None, help="stop after N changes")
+    follow.add_argument("--json", action="store_true", help="print each change as JSON")
+    follow.set_defaults(handler=_prices_follow)
+
     topics = sub.add_parser("topics", help="create the catalogue's topics (idempotent)")
     topics.set_defaults(handler=_topics)
     return parser
@@ -203,6 +216,15 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     print(f"published {stats.total} events in {stats.elapsed_s:.1f} s "
           f"({stats.events_per_s:,.0f}/s); failed {stats.failed}", file=sys.stderr)
     return 0 if stats.failed == 0 else 1
+
+
+def _prices_follow(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.pricing.follow import follow
+
+    if not settings.kafka.url:
+        raise EngineError("kafka.url is not set (ENGINE_KAFKA_URL); `engine up` prints it")
+    return follow(settings, item=args.item, category=args.category,
+                  from_beginning=args.from_beginning, as_json=args.json, limit=args.limit)
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:

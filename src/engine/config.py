@@ -100,6 +100,7 @@ class ApiSettings:
     worker_stale_after_s: float
     max_in_flight: int
     read_timeout_s: float
+    admin_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the embedded servers through ``ENGINE_KAFKA_URL`` / ``ENGINE_REDIS_URL``.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 import urllib.request
@@ -74,11 +75,16 @@ def embedded_stack(settings: Settings, base_env: Mapping[str, str]) -> Iterator[
         say(f"  worker   ready (pid {worker.pid}, log {worker.log_path})")
         port = emb.api_port or free_port(emb.host)
         api_url = f"http://{emb.host}:{port}"
+        token = settings.api.admin_token or secrets.token_urlsafe(24)   # this run's, unless set
         api = ManagedProcess("api", [sys.executable, "-m", "engine", "api", "--host", emb.host,
-                                     "--port", str(port)], run_dir / "api.log", env=env,
-                             url=api_url)
+                                     "--port", str(port)], run_dir / "api.log",
+                             env={**env, "ENGINE_API_ADMIN_TOKEN": token}, url=api_url)
         sup.add_and_start(api, lambda: _http_ok(api_url + "/healthz"), timeout=30)
         say(f"  api      {api_url}  (docs {api_url}/docs, metrics {api_url}/metrics)")
+        if not settings.api.admin_token:
+            say(f"  admin    bearer token for price overrides (this run): {token}")
+        say(f"  others   ENGINE_KAFKA_URL={live.kafka.url} ENGINE_REDIS_URL={live.redis.url} "
+            "engine prices follow")
         say(f"  ready in {time.monotonic() - started:.1f} s")
         yield Stack(sup, live, api_url, run_dir)
 

@@ -203,6 +203,14 @@ class Ingestor:
                 self._producer = producer
             return self._producer
 
+    async def send_one(self, topic: str, raw: bytes, *, key: bytes | None = None,
+                       partition: int | None = None) -> Any:
+        """Send one record the API itself produces (a price override) and wait for the broker's
+        acknowledgement; raises TimeoutError, KafkaError or OSError when it does not come."""
+        async with asyncio.timeout(self._timeout_s):
+            producer = await self._connected()
+            return await (await producer.send(topic, raw, key=key, partition=partition))
+
     async def _ingest(self, body: IngestRequest, request: Request) -> JSONResponse:
         self._refuse_foreign_topics(body)
         received_ms: int = request.state.received_ms

@@ -280,9 +280,9 @@ class Repricer:
         if st.override is not None and t >= st.override[1]:
             st.override = None
             trigger = "override_expired"
-        if trigger is None and st.pending is not None and st.changed_ms is not None \
+        if trigger in (None, "demand") and st.pending is not None and st.changed_ms is not None \
                 and t - st.changed_ms >= rules.min_interval_ms:
-            trigger = st.pending
+            trigger = st.pending   # what was held back, rather than the signal that let it out
         if trigger is None or not st.list_price:
             return Outcome(None, rejected)
         return Outcome(self._decide(item, st, model, t, trigger, rules), rejected)
@@ -460,7 +460,7 @@ class Repricer:
         did = decision_id(item, t, old, price)
         st.price, st.changed_ms, st.last_decision = price, t, did
         return {"v": 1, "event_id": did, "event_time_ms": t, "decision_id": did,
-                "item_id": item, "old_price": old, "new_price": price,
+                "item_id": item, "category": st.category, "old_price": old, "new_price": price,
                 "currency": st.currency or self.c.currency, "reason": reason,
                 "expected_demand": round(max(demand, 0.0), 4),
                 "expected_profit": round(profit, 4), "model_version": self.c.model_version}
