@@ -25,6 +25,9 @@ from engine.embedded import ManagedProcess, create_topics, start_broker, start_r
 from .cluster import redis_cluster
 
 WORKER_JOIN_TIMEOUT_S = 120.0
+#: The shared worker matches the lowest competitor for categories under "e2e" (the pricing
+#: end-to-end test's items), and keeps the default rule for everything else.
+SHARED_WORKER_ENV = {"ENGINE_PRICING_CATEGORY_RULES": '["e2e=match"]'}
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +72,7 @@ def start_worker(settings: Settings, catalogue: Catalogue, log_path: Path) -> Ma
     """Start `engine worker` and wait until its heartbeat covers every input partition."""
     proc = ManagedProcess("worker", [sys.executable, "-m", "engine", "--log-level", "info",
                                      "worker", "--loglevel", "info"], log_path,
-                          env=worker_env(settings))
+                          env=worker_env(settings, **SHARED_WORKER_ENV))
     proc.start()
     proc.wait_ready(lambda: assigned_partitions(settings) >= expected_partitions(catalogue),
                     timeout=WORKER_JOIN_TIMEOUT_S)

@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                                   "competitor-price data")
     pricing.add_argument("--days", type=int, default=120, help="simulated days (default 120)")
     pricing.add_argument("--seeds", default="1,2,3", help="comma-separated demand seeds")
+    pricing.add_argument("--competitor-rule", default=None,
+                         help="the engine's competitor rule: model, match, beat or ignore "
+                         "(default: pricing.competitor_rule)")
     pricing.add_argument("--json", action="store_true", help="print one JSON object")
     pricing.set_defaults(handler=_evaluate_pricing)
 
@@ -247,11 +250,13 @@ def _evaluate_recommendations(args: argparse.Namespace, settings: Settings) -> i
 
 
 def _evaluate_pricing(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
     import orjson
 
-    from engine.core.guardrails import Rules
-    from engine.core.pricing import PricingParams
+    from engine.core.guardrails import COMPETITOR_RULES
     from engine.pricing.evaluate import evaluate, render
+    from engine.pricing.stage import pricing_config
 
     if args.days < 2:
         raise EngineError(f"--days must be at least 2, got {args.days}")
@@ -259,10 +264,17 @@ def _evaluate_pricing(args: argparse.Namespace, settings: Settings) -> int:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:
         raise EngineError(f"--seeds must be comma-separated integers: {args.seeds!r}") from None
+    rule = args.competitor_rule or settings.pricing.competitor_rule
+    if rule not in COMPETITOR_RULES:
+        raise EngineError(f"--competitor-rule must be one of {COMPETITOR_RULES}, got {rule!r}")
+    config = pricing_config(settings.pricing)
+    # the data's "list price" is its mean observed price, not an MSRP: no cap at it (see
+    # engine.pricing.evaluate); the other guardrails and the model are the configured ones
+    rules = dataclasses.replace(config.rules, cap_at_list_price=False, competitor_rule=rule)
     root = settings.replay.datasets_path / "competitor_prices"
     result = evaluate(root / "retail_price_competitors.csv",
                       root / "project_hammer_grocery_prices.csv.gz", args.days, seeds or [1],
-                      Rules(cap_at_list_price=False), PricingParams())
+                      rules, config.params)
     if args.json:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:

@@ -23,7 +23,10 @@ from kafka import KafkaProducer
 
 from engine.config import Settings
 from engine.contracts import Catalogue, load_catalogue
+from engine.core.compose import PRICE_SIGNALS
 from engine.latency import LatencyHistogram
+from engine.pricing.follow import describe
+from engine.pricing.query import PriceReader
 from engine.replay.publish import publish
 from engine.replay.run import build_records
 from engine.stack import Stack, embedded_stack, say
@@ -80,7 +83,7 @@ async def _replay_and_measure(stack: Stack, sources: Sequence[str], limit: int |
         stats = await _drain(store, catalogue, expected, halted)
         await asyncio.sleep(1.5)
         latency = await event_to_state_latency(store)
-        sample = await _sample(store, catalogue)
+        sample = await _sample(store, catalogue, settings)
     finally:
         await store.close()
     reason = supervisor.wait(timeout=0.001)
@@ -124,7 +127,8 @@ async def _drain(store: StateStore, catalogue: Catalogue, expected: int, stop: A
         await asyncio.sleep(0.2)
 
 
-async def _sample(store: StateStore, catalogue: Catalogue) -> dict[str, Any]:
+async def _sample(store: StateStore, catalogue: Catalogue, settings: Settings
+                  ) -> dict[str, Any]:
     """A glimpse of live state: the best-selling items in the UK, and the top one's record."""
     partitions = catalogue.topics["orders"].partitions
     units: dict[str, float] = {}
@@ -137,6 +141,13 @@ async def _sample(store: StateStore, catalogue: Catalogue) -> dict[str, Any]:
                                                          for i, u in top]}
     if top:
         sample["top_item"] = await item_activity(store, catalogue, top[0][0])
+    spec = catalogue.topics[PRICE_SIGNALS]
+    changes = await store.merged_counts(spec.name, spec.partitions, "pxstats")
+    sample["price_changes"] = int(changes.get("changes", 0))
+    if top:
+        reader = PriceReader(store, catalogue, settings.pricing)
+        history = await reader.history(top[0][0], 1)
+        sample["top_item_price"] = history[0] if history else None
     return sample
 
 
@@ -193,6 +204,11 @@ def render(s: dict[str, Any]) -> str:
         top = sample["top_item"]
         title = top["catalog"].get("title", "")
         lines.append(f"  top item {top['item_id']} {title!r}: {top['counts']}")
+    if "price_changes" in sample:
+        lines += ["", f"prices: {sample['price_changes']:,} changes published so far (the "
+                  "pricing stage runs behind the inputs)"]
+        if sample.get("top_item_price"):
+            lines.append(f"  top item's last change: {describe(sample['top_item_price'])}")
     lines += ["", f"logs: {s['logs']}"]
     return "\n".join(lines)
 

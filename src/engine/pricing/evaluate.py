@@ -6,11 +6,11 @@ simulator's expected demand at the price charged and the competitor's price that
 
 - ``static``: the list price (the mean of the product's own observed prices), never changed;
 - ``match_lowest``: the competitor's price of the day, whatever it is;
-- ``engine``: the live pricing core (``core.pricing``: the pooled River conversion model and
-  Thompson sampling over nearby prices) behind the guardrails (``core.guardrails``), learning
-  from the views and purchases it causes. Each product gets a steady stream of views (ten
-  times its expected daily units at the list price, at least 20) that convert with the
-  simulator's probability.
+- ``engine``: the live pricing code (``core.repricing.Repricer``, which the worker's stage
+  runs: the pooled River conversion model, Thompson sampling over nearby prices, the
+  guardrails of ``core.guardrails``), learning from the views and purchases it causes. Each
+  product gets a steady stream of views (ten times its expected daily units at the list
+  price, at least 20) that convert with the simulator's probability.
 
 Every price charged is checked against the guardrails (floor = cost x (1 + margin), ceiling,
 maximum step per change); a breach counts as a violation for that policy. The data set's "list
@@ -25,7 +25,6 @@ relative price effect (``core.pricing.calibrated_prior``).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.guardrails import Rules, Terms, bounds, competitor_target, decide
-from engine.core.pricing import (
-    ConversionModel,
-    PricingParams,
-    calibrated_prior,
-    choose_price,
-    decision_seed,
-    features,
-    nearest_arm,
-    price_arms,
-)
+from engine.core.guardrails import Rules, Terms, bounds
+from engine.core.pricing import ConversionModel, PricingParams
+from engine.core.repricing import ItemPricing, PricingConfig, Repricer
 from engine.pricing.simulator import Product, competitor_paths, fit_demand
 
 POLICIES = ("static", "match_lowest", "engine")
@@ -82,48 +73,49 @@ def breaches(previous: float, price: float, terms: Terms, rules: Rules) -> int:
 
 
 class EnginePolicy:
-    """The live pricing core: fixed price arms per item, one conversion model per category."""
+    """The live pricing code itself (``core.repricing.Repricer``, as the worker's pricing stage
+    runs it), fed each simulated day as the stage would receive it: the competitor's price of
+    the day (screened, then a decision), then the day's views and purchases at the price
+    charged (learned)."""
 
     def __init__(self, params: PricingParams, rules: Rules) -> None:
-        self.params, self.rules = params, rules
+        self.rules = rules
+        self.repricer = Repricer(PricingConfig(
+            rules=rules, params=params, arm_spacing=ARM_SPACING, arm_levels=ARM_LEVELS,
+            low_cover_days=0.0, high_cover_days=0.0))   # the simulator has no stock
+        self.states: dict[str, ItemPricing] = {}
         self.models: dict[str, ConversionModel] = {}
-        #: item -> its price points, fixed by its terms
-        self.arms: dict[str, list[float]] = {}
-        #: item -> price point -> [views, purchases] seen there
-        self.seen: dict[str, dict[float, list[int]]] = defaultdict(
-            lambda: defaultdict(lambda: [0, 0]))
 
-    def _arms(self, product: Product) -> list[float]:
-        if product.item_id not in self.arms:
-            self.arms[product.item_id] = price_arms(product.list_price, terms_of(product),
-                                                    self.rules, ARM_SPACING, ARM_LEVELS)
-        return self.arms[product.item_id]
+    def _step(self, product: Product, signal: dict[str, Any]) -> None:
+        state = self.states.setdefault(product.item_id, ItemPricing())
+        model = self.models.setdefault(product.category,
+                                       ConversionModel(self.repricer.c.params))
+        self.repricer.step(product.item_id, state, model, signal, self.rules)
 
-    def price(self, product: Product, current: float, competitor: float, t: int,
-              views: int) -> float:
-        model = self.models.setdefault(product.category, ConversionModel(self.params))
-        arms = self._arms(product)
-        at = {p: features(product.item_id, p, product.list_price, competitor, t)
-              for p in {*arms, current}}
-        by_arm = self.seen[product.item_id]
-        prior = calibrated_prior(model, at, current, sum(v for v, _ in by_arm.values()),
-                                 sum(b for _, b in by_arm.values()))
-        seen = {p: (by_arm[p][0], by_arm[p][1]) for p in arms}
-        choice = choose_price(arms, prior, seen, views, product.unit_cost, self.params,
-                              decision_seed(product.item_id, t))
-        cap = competitor_target({"rival": (t, competitor)}, t, self.rules)
-        return decide(current, choice.price, terms_of(product), self.rules, t,
-                      competitor_cap=cap).price
+    def start(self, product: Product, t: int) -> float:
+        """The catalogue record a day before the first: the item's first price."""
+        terms = terms_of(product)
+        self._step(product, {"kind": "catalog", "event_time_ms": t - MS_PER_DAY,
+                             "category": product.category, "list_price": product.list_price,
+                             "unit_cost": product.unit_cost, "min_margin": product.min_margin,
+                             "price_ceiling": terms.price_ceiling})
+        price = self.states[product.item_id].price
+        assert price is not None, f"{product.item_id}: inconsistent simulated terms"
+        return price
 
-    def learn(self, product: Product, price: float, competitor: float, t: int, views: int,
-              units: int) -> None:
-        x = features(product.item_id, price, product.list_price, competitor, t)
-        model = self.models[product.category]
-        model.learn_weighted(x, True, units)
-        model.learn_weighted(x, False, views - units)
-        counts = self.seen[product.item_id][nearest_arm(price, self._arms(product))]
-        counts[0] += views
-        counts[1] += units
+    def price(self, product: Product, competitor: float, t: int) -> float:
+        self._step(product, {"kind": "competitor", "event_time_ms": t, "competitor": "rival",
+                             "price": competitor})
+        price = self.states[product.item_id].price
+        assert price is not None
+        return price
+
+    def learn(self, product: Product, price: float, t: int, views: int, units: int) -> None:
+        self._step(product, {"kind": "view", "event_time_ms": t + 1, "quantity": views,
+                             "price": price})
+        if units:
+            self._step(product, {"kind": "purchase", "event_time_ms": t + 2,
+                                 "quantity": units, "price": price})
 
 
 def simulate(products: Sequence[Product], paths: Sequence[np.ndarray], days: int, seed: int,
@@ -136,7 +128,7 @@ def simulate(products: Sequence[Product], paths: Sequence[np.ndarray], days: int
         terms = terms_of(product)
         views = max(MIN_VIEWS, round(VIEWS_PER_UNIT * product.daily_demand(
             product.list_price, product.competitor_mean)))
-        price = product.list_price
+        price = engine.start(product, START_MS) if engine is not None else product.list_price
         for day in range(days):
             t = START_MS + day * MS_PER_DAY
             competitor = float(path[day])
@@ -144,12 +136,12 @@ def simulate(products: Sequence[Product], paths: Sequence[np.ndarray], days: int
             if policy == "match_lowest":
                 price = round(competitor, 2)
             elif engine is not None:
-                price = engine.price(product, price, competitor, t, views)
+                price = engine.price(product, competitor, t)
             totals.violations += breaches(previous, price, terms, rules) if day else 0
             expected = min(product.daily_demand(price, competitor), float(views))
             units = int(min(rng.poisson(expected), views))
             if engine is not None:
-                engine.learn(product, price, competitor, t, views, units)
+                engine.learn(product, price, t, views, units)
             totals.units += units
             totals.revenue += units * price
             totals.profit += units * (price - product.unit_cost)

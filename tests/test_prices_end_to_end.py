@@ -1,0 +1,147 @@
+"""Prices end to end on the real stack (Tansu, Valkey, the shared worker process): a real
+competitor price drop from the Kaggle data -> a price change on `prices`, read by a plain
+kafka-python consumer; the price endpoints; an authenticated override and its message."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from engine.api.app import create_api
+from engine.config import Settings
+from engine.contracts import Catalogue
+from engine.embedded import ManagedProcess
+from engine.replay.catalog import derive_catalog
+from engine.replay.competitors import competitor_prices
+
+from .conftest import DATASETS
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-admin-token"
+#: computers4 (Kaggle), competitor comp_3: 154.70 in October 2017, 109.90 in November; its
+#: derived list price is 147.35 and unit cost 103.14 (floor 108.30 with the 5 % margin).
+PRODUCT, RIVAL = "computers4", "comp_3"
+
+
+def prices_consumer(settings: Settings) -> KafkaConsumer:
+    """What the README shows the pricing team: a plain consumer of `prices`, from the end."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url, enable_auto_commit=False)
+    tps = [TopicPartition("prices", p) for p in consumer.partitions_for_topic("prices")]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:             # resolve the end offsets now, before anything is produced
+        consumer.position(tp)
+    return consumer
+
+
+def wait_for(consumer: KafkaConsumer, match: Callable[[dict[str, Any]], bool], what: str,
+             timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            seen += [orjson.loads(r.value) for r in records]
+        if any(match(c) for c in seen):
+            return seen
+    raise AssertionError(f"no price change on `prices` for {what} within {timeout_s:.0f} s; "
+                         f"saw {seen}")
+
+
+def real_events(token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The product's derived catalogue record and its rival's real observations around the
+    drop, with the item id tagged and the category put under "e2e" (DERIVED: isolation, and
+    the shared worker's "match" rule for that category)."""
+    item = f"{token}-{PRODUCT}"
+    (cat,) = [r.event for r in derive_catalog(DATASETS, ["competitor_prices"])
+              if r.event["item_id"] == PRODUCT]
+    cat = dict(cat, item_id=item, event_id=f"{token}-cat", category=f"e2e.{cat['category']}")
+    feed = [r.event for r in competitor_prices(
+        DATASETS / "competitor_prices" / "retail_price_competitors.csv")
+        if r.event["item_id"] == PRODUCT and r.event["competitor"] == RIVAL]
+    drop = next(k for k in range(1, len(feed)) if feed[k]["price"] < 0.8 * feed[k - 1]["price"])
+    return cat, [dict(e, item_id=item, event_id=f"{token}-{e['event_id']}")
+                 for e in feed[drop - 1:drop + 1]]
+
+
+@pytest.fixture
+async def api(settings: Settings, catalogue: Catalogue) -> AsyncIterator[httpx.AsyncClient]:
+    admin = dataclasses.replace(    # configured as the shared worker is (SHARED_WORKER_ENV)
+        settings, api=dataclasses.replace(settings.api, admin_token=TOKEN),
+        pricing=dataclasses.replace(settings.pricing, category_rules=("e2e=match",)))
+    app = create_api(admin, catalogue)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+        yield c
+
+
+async def test_a_competitor_drop_reaches_prices_and_an_override_wins(
+        settings: Settings, worker: ManagedProcess, api: httpx.AsyncClient) -> None:
+    token = uuid.uuid4().hex[:10]
+    cat, (before, after) = real_events(token)
+    item = cat["item_id"]
+    assert after["price"] < before["price"]
+    consumer = prices_consumer(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.url, linger_ms=5)
+    try:
+        producer.send("catalog", key=item.encode(), value=orjson.dumps(cat))
+        producer.send("competitor-prices", key=item.encode(), value=orjson.dumps(before))
+        producer.flush()
+        wait_for(consumer, lambda c: c["item_id"] == item and c["old_price"] is None,
+                 "the item's first price")
+        producer.send("competitor-prices", key=item.encode(), value=orjson.dumps(after))
+        producer.flush()
+        seen = wait_for(consumer, lambda c: c["item_id"] == item and c["reason"]["competitor"]
+                        is not None and c["reason"]["competitor"]["price"] == after["price"],
+                        "the competitor's drop")
+    finally:
+        producer.close()
+    drop = next(c for c in seen if c["item_id"] == item and c["reason"]["competitor"]
+                and c["reason"]["competitor"]["price"] == after["price"])
+    assert drop["reason"]["trigger"] == "competitor_price"
+    assert drop["new_price"] < drop["old_price"]
+    assert drop["new_price"] >= round(drop["old_price"] * 0.9, 2)      # one step at most
+    assert "competitor:match" in drop["reason"]["guardrails"]
+    assert drop["category"] == cat["category"] and drop["decision_id"].startswith("pd-")
+
+    current = (await api.get(f"/v1/items/{item}/price")).json()
+    assert current["price"] == drop["new_price"]
+    assert current["decision_id"] == drop["decision_id"]
+    assert current["competitor_rule"] == "match"
+    history = (await api.get(f"/v1/items/{item}/price/history")).json()["changes"]
+    assert history[0]["decision_id"] == drop["decision_id"]
+    assert (await api.get(f"/v1/items/{token}-unknown/price")).status_code == 404
+
+    body = {"price": 99.0, "ttl_minutes": 60, "note": "clearance", "by": "pricing-team"}
+    url = f"/v1/items/{item}/price/override"
+    assert (await api.put(url, json=body)).status_code == 401
+    wrong = await api.put(url, json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "Bearer" in wrong.json()["detail"]
+    bad = await api.put(url, json={"price": 99.0}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bad.status_code == 422
+    answer = await api.put(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 202, answer.text
+    seen = wait_for(consumer, lambda c: c["item_id"] == item
+                    and c["reason"]["trigger"] == "override", "the override")
+    override = next(c for c in seen if c["reason"]["trigger"] == "override")
+    assert override["new_price"] == 99.0 and override["reason"]["override"]["by"] == \
+        "pricing-team"
+    consumer.close()
+
+
+async def test_overrides_are_off_without_an_admin_token(
+        settings: Settings, catalogue: Catalogue) -> None:
+    app = create_api(settings, catalogue)   # api.admin_token is empty by default
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
+        answer = await c.put("/v1/items/x/price/override", json={"price": 1, "ttl_minutes": 1},
+                             headers={"Authorization": "Bearer "})
+    assert answer.status_code == 403 and "admin_token" in answer.json()["detail"]

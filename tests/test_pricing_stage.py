@@ -1,0 +1,178 @@
+"""The pricing stage on real Redis (no broker: what it publishes is collected in order): the
+real competitor-price data through forwarding, the stage and the exactly-once apply; re-sent
+signals, re-delivered records and whole replays publish no decision a consumer cannot
+recognise."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.config import Settings
+from engine.contracts import Catalogue, Rejection, Validator
+from engine.core.compose import PRICE_SIGNALS, decision_core
+from engine.pricing.query import PriceReader
+from engine.pricing.stage import PricingStage, forwarded_records
+from engine.replay.catalog import derive_catalog
+from engine.replay.competitors import competitor_prices
+from engine.store import StateStore
+from engine.worker.processor import BatchProcessor, RawRecord
+
+from .conftest import DATASETS
+
+pytestmark = pytest.mark.integration
+
+PRODUCTS = ("health5", "computers4", "watches1")   # real Kaggle products; health5's feed has
+                                                  # a 17x jump (349.90 -> 19.99) and back
+
+
+@pytest.fixture
+async def store(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
+    s = StateStore.open(dataclasses.replace(settings.redis, namespace=f"ps-{request.node.name}"))
+    yield s
+    async for key in s.client.scan_iter(match=f"{s.namespace}:*"):
+        await s.client.delete(key)
+    await s.close()
+
+
+class Broker:
+    """Collects what the stage sends, in order (the stage awaits the returned acks)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def __call__(self, topic: str, records: list[tuple[bytes | None, bytes, int | None]]
+                       ) -> Awaitable[object]:
+        self.sent += [(topic, orjson.loads(value)) for _, value, _ in records]
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    @property
+    def changes(self) -> list[dict[str, Any]]:
+        return [body for topic, body in self.sent if topic == "prices"]
+
+
+async def _no_letters(topic: str, record: RawRecord, rejection: Rejection) -> Awaitable[object]:
+    raise AssertionError(f"unexpected dead letter on {topic}: {rejection}")
+
+
+def real_inputs() -> list[tuple[str, dict[str, Any]]]:
+    """The derived catalogue records and the real competitor feed of ``PRODUCTS``."""
+    root = DATASETS
+    out = [("catalog", r.event) for r in derive_catalog(root, ["competitor_prices"])
+           if r.event["item_id"] in PRODUCTS]
+    out += [("competitor-prices", r.event) for r in competitor_prices(
+        root / "competitor_prices" / "retail_price_competitors.csv")
+        if r.event["item_id"] in PRODUCTS]
+    return out
+
+
+def signal_records(catalogue: Catalogue, inputs: Sequence[tuple[str, dict[str, Any]]],
+                   batch: int) -> dict[int, list[bytes]]:
+    """price-signals records per partition, as the forwarder makes them from input batches
+    of ``batch`` events (each input event keeps its offset in its own topic, partition 0)."""
+    by_partition: dict[int, list[bytes]] = {}
+    offsets: dict[str, int] = {}
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    for topic, event in inputs:
+        rows.append((topic, offsets.setdefault(topic, 0), event))
+        offsets[topic] += 1
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        for topic in dict.fromkeys(t for t, _, _ in chunk):
+            events = [(0, offset, e) for t, offset, e in chunk if t == topic]
+            for dest, raw in forwarded_records(catalogue, topic, events):
+                by_partition.setdefault(dest, []).append(raw)
+    return by_partition
+
+
+async def run(store: StateStore, catalogue: Catalogue, settings: Settings,
+              records: dict[int, list[bytes]], broker: Broker, start: int = 0,
+              batch: int = 10) -> None:
+    processor = BatchProcessor(store, Validator(catalogue, settings.validation), _no_letters,
+                               core=decision_core(settings),
+                               stages=[PricingStage(settings.pricing, broker)])
+    await processor.load_watermarks([(PRICE_SIGNALS, p) for p in records])
+    for partition, raws in sorted(records.items()):
+        rows = [RawRecord(partition, start + i, 1_600_000_000_000, None, raw)
+                for i, raw in enumerate(raws)]
+        for k in range(0, len(rows), batch):
+            await processor.process(PRICE_SIGNALS, rows[k:k + batch])
+
+
+async def test_real_feed_prices_items_and_screens_the_outliers(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    broker = Broker()
+    await run(store, catalogue, settings, signal_records(catalogue, real_inputs(), 25), broker)
+    changes = broker.changes
+    assert {c["item_id"] for c in changes if c["old_price"] is None} == set(PRODUCTS)
+    for c in changes:
+        assert Validator(catalogue, settings.validation).check_event("prices", c) is None
+    reader = PriceReader(store, catalogue, settings.pricing)
+    health = await reader.current("health5")
+    assert health is not None
+    reasons = [r["reason"] for r in health["rejected_competitor_prices"]]
+    assert "outlier_jump" in reasons            # 349.90 after 23.99, from the real feed
+    assert all(c["competitor"] != "comp_1" or c["price"] < 100 for c in health["competitors"])
+    history = await reader.history("health5", 100)
+    assert [h["decision_id"] for h in history] == [
+        c["decision_id"] for c in reversed(changes) if c["item_id"] == "health5"]
+    for c in changes:   # every change inside the guardrails: at most one step, within bounds
+        if c["old_price"] is not None and "override" not in c["reason"]:
+            assert abs(c["new_price"] - c["old_price"]) <= 0.1 * c["old_price"] + 0.005
+
+
+async def test_resent_signals_and_redelivered_records_publish_nothing_new(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    records = signal_records(catalogue, real_inputs(), 25)
+    broker = Broker()
+    await run(store, catalogue, settings, records, broker)
+    first = list(broker.changes)
+    state = await store.client.hgetall(store.shard(PRICE_SIGNALS, 0) + "px")
+    await run(store, catalogue, settings, records, broker)            # same offsets again
+    assert broker.changes == first
+    # the forwarder re-sends after a crash: the same signals at new offsets of price-signals
+    await run(store, catalogue, settings, records, broker, start=10_000)
+    assert broker.changes == first
+    assert await store.client.hgetall(store.shard(PRICE_SIGNALS, 0) + "px") == state
+
+
+async def test_a_replay_from_scratch_makes_the_same_decisions_with_the_same_ids(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    inputs = real_inputs()
+    one, two = Broker(), Broker()
+    await run(store, catalogue, settings, signal_records(catalogue, inputs, 25), one)
+    other = StateStore(store.client, store.namespace + "-replay")
+    try:
+        # other input batch boundaries and other stage batch sizes: the same decisions
+        await run(other, catalogue, settings, signal_records(catalogue, inputs, 7), two,
+                  batch=3)
+    finally:
+        async for key in other.client.scan_iter(match=f"{other.namespace}:*"):
+            await other.client.delete(key)
+    assert [c["decision_id"] for c in one.changes] == [c["decision_id"] for c in two.changes]
+    assert one.changes == two.changes
+
+
+async def test_a_crash_before_the_apply_republishes_the_same_ids(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    """The stage publishes before its batch is applied; a crash in between re-runs the batch,
+    which republishes identical changes (same decision ids), never different ones."""
+    records = signal_records(catalogue, real_inputs(), 25)
+    partition, raws = sorted(records.items())[0]
+    validator = Validator(catalogue, settings.validation)
+    events = [(i, validator.check(PRICE_SIGNALS, raw)) for i, raw in enumerate(raws[:10])]
+    crashed = Broker()
+    await PricingStage(settings.pricing, crashed).ops(store, PRICE_SIGNALS, partition,
+                                                      events)   # type: ignore[arg-type]
+    assert crashed.changes
+    again = Broker()
+    await run(store, catalogue, settings, {partition: raws[:10]}, again)
+    assert [c["decision_id"] for c in again.changes] == [
+        c["decision_id"] for c in crashed.changes]
