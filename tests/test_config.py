@@ -31,8 +31,18 @@ def test_environment_overrides_with_types() -> None:
 
 def test_secrets_not_in_repr() -> None:
     s = load_settings(environ={"ENGINE_KAFKA_SASL_PASSWORD": "hunter2",
-                               "ENGINE_REDIS_PASSWORD": "s3cret"})
-    assert "hunter2" not in repr(s) and "s3cret" not in repr(s)
+                               "ENGINE_REDIS_PASSWORD": "s3cret",
+                               "ENGINE_API_ADMIN_TOKEN": "t0ken"})
+    assert "hunter2" not in repr(s) and "s3cret" not in repr(s) and "t0ken" not in repr(s)
+
+
+def test_competitor_rules_per_category_take_the_longest_prefix() -> None:
+    s = load_settings(environ={"ENGINE_PRICING_CATEGORY_RULES":
+                               '["electronics=match", "electronics.video=beat"]'})
+    assert s.pricing.rules("electronics.audio").competitor_rule == "match"
+    assert s.pricing.rules("electronics.video.dvd").competitor_rule == "beat"
+    assert s.pricing.rules("electronicsx").competitor_rule == "model"
+    assert s.pricing.rules().min_interval_ms == 600_000
 
 
 def test_kafka_python_security_options() -> None:
@@ -54,6 +64,11 @@ def test_kafka_python_security_options() -> None:
     ({"ENGINE_KAFKA_SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol"),
     ({"ENGINE_REDIS_URL": "http://x"}, "redis.url"),
     ({"ENGINE_VALIDATION_MIN_EVENT_TIME": "yesterday"}, "validation.min_event_time"),
+    ({"ENGINE_PRICING_MAX_STEP": "1.5"}, "pricing.max_step"),
+    ({"ENGINE_PRICING_COMPETITOR_RULE": "undercut"}, "'undercut'"),
+    ({"ENGINE_PRICING_CATEGORY_RULES": '["toys"]'}, "pricing.category_rules"),
+    ({"ENGINE_PRICING_OBJECTIVE": "units"}, "pricing.objective"),
+    ({"ENGINE_PRICING_CURRENCY": "usd"}, "pricing.currency"),
 ])
 def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

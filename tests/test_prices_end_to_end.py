@@ -5,6 +5,7 @@ kafka-python consumer; the price endpoints; an authenticated override and its me
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from engine.api.app import create_api
 from engine.config import Settings
 from engine.contracts import Catalogue
 from engine.embedded import ManagedProcess
+from engine.pricing.follow import describe, follow
 from engine.replay.catalog import derive_catalog
 from engine.replay.competitors import competitor_prices
 
@@ -135,6 +137,18 @@ async def test_a_competitor_drop_reaches_prices_and_an_override_wins(
     assert override["new_price"] == 99.0 and override["reason"]["override"]["by"] == \
         "pricing-team"
     consumer.close()
+
+    # what a person sees: `engine prices follow --item ... --from-beginning`
+    history = (await api.get(f"/v1/items/{item}/price/history")).json()["changes"]
+    assert history[0]["decision_id"] == override["decision_id"]
+    out = io.StringIO()
+    deadline = time.monotonic() + 30
+    assert follow(settings, item=item, category="e2e", from_beginning=True, as_json=False,
+                  limit=len(history), out=out, stop=lambda: time.monotonic() > deadline) == 0
+    lines = out.getvalue().splitlines()
+    assert lines == [describe(c) for c in reversed(history)]
+    assert any("competitor_price; lowest competitor comp_3 109.90" in line for line in lines)
+    assert "override by pricing-team" in lines[-1] and "-> 99.00" in lines[-1]
 
 
 async def test_overrides_are_off_without_an_admin_token(

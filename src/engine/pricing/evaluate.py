@@ -13,8 +13,10 @@ simulator's expected demand at the price charged and the competitor's price that
   price, at least 20) that convert with the simulator's probability.
 
 Every price charged is checked against the guardrails (floor = cost x (1 + margin), ceiling,
-maximum step per change); a breach counts as a violation for that policy. The data set's "list
-price" is only the mean of the prices it observed, so the command runs with
+maximum step per change); a breach counts as a violation for that policy. For the engine every
+change it makes is checked, including one the day's own demand triggers (a simulated day has
+one price, the one its first decision set; such a change takes effect the next day). The data
+set's "list price" is only the mean of the prices it observed, so the command runs with
 ``cap_at_list_price`` off and a DERIVED ceiling of ``CEILING_FACTOR`` x that price: otherwise no
 policy could ever charge more than the static one.
 
@@ -85,12 +87,20 @@ class EnginePolicy:
             low_cover_days=0.0, high_cover_days=0.0))   # the simulator has no stock
         self.states: dict[str, ItemPricing] = {}
         self.models: dict[str, ConversionModel] = {}
+        #: every change the engine made since the last ``take_changes``: (old, new)
+        self.changes: list[tuple[float, float]] = []
 
     def _step(self, product: Product, signal: dict[str, Any]) -> None:
         state = self.states.setdefault(product.item_id, ItemPricing())
         model = self.models.setdefault(product.category,
                                        ConversionModel(self.repricer.c.params))
-        self.repricer.step(product.item_id, state, model, signal, self.rules)
+        change = self.repricer.step(product.item_id, state, model, signal, self.rules).change
+        if change is not None and change["old_price"] is not None:
+            self.changes.append((change["old_price"], change["new_price"]))
+
+    def take_changes(self) -> list[tuple[float, float]]:
+        taken, self.changes = self.changes, []
+        return taken
 
     def start(self, product: Product, t: int) -> float:
         """The catalogue record a day before the first: the item's first price."""
@@ -137,7 +147,11 @@ def simulate(products: Sequence[Product], paths: Sequence[np.ndarray], days: int
                 price = round(competitor, 2)
             elif engine is not None:
                 price = engine.price(product, competitor, t)
-            totals.violations += breaches(previous, price, terms, rules) if day else 0
+            if engine is not None:   # every change it made, including those the day's
+                totals.violations += sum(   # demand caused after the price was charged
+                    breaches(old, new, terms, rules) for old, new in engine.take_changes())
+            else:
+                totals.violations += breaches(previous, price, terms, rules) if day else 0
             expected = min(product.daily_demand(price, competitor), float(views))
             units = int(min(rng.poisson(expected), views))
             if engine is not None:
