@@ -10,6 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from engine.core.guardrails import (
+    MAX_PRICE,
     Override,
     Rules,
     Terms,
@@ -107,7 +108,7 @@ def test_floor_is_cost_plus_margin_map_and_catalogue_floor() -> None:
               list_price=20.0, price_ceiling=25.0)
     assert bounds(t, Rules()) == (12.0, 20.0)
     assert bounds(t, Rules(cap_at_list_price=False)) == (12.0, 25.0)
-    assert bounds(Terms(), Rules()) == (0.0, math.inf)
+    assert bounds(Terms(), Rules()) == (0.0, MAX_PRICE)
     d = decide(15.0, 1.0, t, Rules(max_step=0.5), now_ms=0)
     assert (d.price, d.reasons) == (12.0, ("clamped:step", "clamped:floor"))
     d = decide(15.0, 15.5, t, Rules(), now_ms=0)

@@ -159,3 +159,17 @@ async def test_overrides_are_off_without_an_admin_token(
         answer = await c.put("/v1/items/x/price/override", json={"price": 1, "ttl_minutes": 1},
                              headers={"Authorization": "Bearer "})
     assert answer.status_code == 403 and "admin_token" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    {"price": 0.001, "ttl_minutes": 5},                     # rounds to nothing
+    {"price": 1.0, "ttl_minutes": 1e305},                   # beyond 90 days (and any clock)
+    {"price": 1.0, "ttl_minutes": 5, "expires_ms": 1},      # two expiries
+    {"price": 1.0},                                         # none
+    {"price": "cheap", "ttl_minutes": 5},
+])
+async def test_bad_overrides_are_422_with_a_message(api: httpx.AsyncClient,
+                                                    body: dict[str, Any]) -> None:
+    answer = await api.put("/v1/items/x/price/override", json=body,
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 422 and answer.json()["detail"]

@@ -176,3 +176,65 @@ async def test_a_crash_before_the_apply_republishes_the_same_ids(
     await run(store, catalogue, settings, {partition: raws[:10]}, again)
     assert [c["decision_id"] for c in again.changes] == [
         c["decision_id"] for c in crashed.changes]
+
+
+async def test_every_line_of_a_real_invoice_counts_once(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    """An invoice's lines share a source offset; each is its own signal (source_index), so
+    lines that meet in one partition all count, and a re-send counts none of them again."""
+    from engine.replay.run import build_records
+
+    records = build_records(settings, ["online_retail"], limit=400)
+    invoice = max((r.event for r in records if r.topic == "orders"
+                   and r.event["event_type"] == "purchase"), key=lambda e: len(e["lines"]))
+    items = {line["item_id"] for line in invoice["lines"]}
+    inputs = [("catalog", r.event) for r in records
+              if r.topic == "catalog" and r.event["item_id"] in items]
+    inputs.append(("orders", invoice))
+    assert len(items) >= 10
+    batches = signal_records(catalogue, inputs, 100)
+    broker = Broker()
+    await run(store, catalogue, settings, batches, broker)
+    await run(store, catalogue, settings, batches, broker, start=10_000)   # re-sent
+    reader = PriceReader(store, catalogue, settings.pricing)
+    for line in invoice["lines"]:
+        st = await reader.state(line["item_id"])
+        assert st is not None
+        bought = sum(q for l2 in invoice["lines"] if l2["item_id"] == line["item_id"]
+                     for q in [l2["quantity"]])
+        assert sum(c[1] for c in st.arms.values()) == bought, line["item_id"]
+
+
+async def test_malformed_and_absurd_signals_are_skipped_with_a_reason(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    t = 1_600_000_000_000
+    signals = [
+        {"event_id": "a", "event_time_ms": t, "item_id": "tiny", "kind": "catalog",
+         "category": "c", "list_price": 0.004},                        # under a cent
+        {"event_id": "b", "event_time_ms": t, "item_id": "tiny", "kind": "view",
+         "price": 0.004},
+        {"event_id": "c", "event_time_ms": t, "item_id": "x", "kind": "view",
+         "source_topic": "clicks"},                                    # half a source
+        {"event_id": "d", "event_time_ms": t, "item_id": "x", "kind": "override",
+         "price": 0.004, "expires_ms": t + 1},                         # rounds to nothing
+        {"event_id": "e", "event_time_ms": t, "item_id": "x", "kind": "competitor"},
+    ]
+    raw = orjson.dumps({"event_id": "r", "event_time_ms": t, "signals": signals})
+    broker = Broker()
+    await run(store, catalogue, settings, {0: [raw]}, broker)
+    assert broker.changes == []
+    rejected = await store.client.hgetall(store.shard(PRICE_SIGNALS, 0) + "pxrej")
+    assert rejected == {"malformed_signal": "2", "invalid_override": "1"}
+
+
+def test_records_stay_under_the_size_limit(catalogue: Catalogue) -> None:
+    t = 1_600_000_000_000
+    events = [(0, k, {"event_id": f"c{k}", "event_time_ms": t, "item_id": f"item-{k}",
+                      "category": "x" * 200, "list_price": 1.0}) for k in range(300)]
+    records = forwarded_records(catalogue, "catalog", events, max_bytes=4_000)
+    assert len(records) > 4
+    total = 0
+    for _, raw in records:
+        assert len(raw) <= 4_000 + 600     # one signal may start a record past the cut
+        total += len(orjson.loads(raw)["signals"])
+    assert total == 300

@@ -44,7 +44,7 @@ class Item:
 
 
 def test_events_become_item_keyed_signals() -> None:
-    order = {"event_id": "o1", "event_time_ms": T0, "event_type": "order", "order_id": "o1",
+    order = {"event_id": "o1", "event_time_ms": T0, "event_type": "purchase", "order_id": "o1",
              "region": "north", "lines": [{"item_id": "a", "quantity": 2, "unit_price": 3.5},
                                           {"item_id": "b", "quantity": 1, "unit_price": 9.0}]}
     assert [(s["item_id"], s["kind"], s["quantity"]) for s in signals_for("orders", order)] == [
@@ -62,7 +62,7 @@ def test_signals_are_grouped_by_the_items_partition_with_their_source() -> None:
     from engine.contracts import load_catalogue
 
     cat = load_catalogue()
-    order = {"event_id": "o1", "event_time_ms": T0, "event_type": "order", "order_id": "o1",
+    order = {"event_id": "o1", "event_time_ms": T0, "event_type": "purchase", "order_id": "o1",
              "region": "north", "lines": [{"item_id": f"item-{n}", "quantity": 1,
                                            "unit_price": 1.0} for n in range(40)]}
     records = forwarded_records(cat, "orders", [(3, 17, order)])

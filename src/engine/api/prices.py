@@ -35,9 +35,11 @@ MAX_OVERRIDE_DAYS = 90
 
 
 class OverrideRequest(BaseModel):
-    price: float = Field(gt=0, le=1e9, description="the price to charge while it lasts")
-    expires_ms: int | None = Field(None, gt=0, description="end, ms since the epoch (UTC)")
-    ttl_minutes: float | None = Field(None, gt=0, description="or: how long from now")
+    price: float = Field(ge=0.01, le=1e9, description="the price to charge while it lasts")
+    expires_ms: int | None = Field(None, gt=0, le=253402300799999,
+                                   description="end, ms since the epoch (UTC)")
+    ttl_minutes: float | None = Field(None, gt=0, le=MAX_OVERRIDE_DAYS * 1440,
+                                      description="or: how long from now")
     note: str = Field("", max_length=512, description="why (kept with the change)")
     by: str = Field("", max_length=128, description="who sets it")
 

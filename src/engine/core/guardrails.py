@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 CENT = 0.01
+#: No price above this, whatever the terms say (the `prices` contract's maximum).
+MAX_PRICE = 1_000_000_000.0
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,12 @@ class Decision:
 
 
 def bounds(terms: Terms, rules: Rules) -> tuple[float, float]:
-    """(floor, ceiling); the ceiling is +inf when nothing caps the price."""
+    """(floor, ceiling); the ceiling is ``MAX_PRICE`` when nothing else caps the price."""
     floors = [0.0]
     if terms.unit_cost is not None:
         floors.append(terms.unit_cost * (1.0 + terms.min_margin))
     floors += [p for p in (terms.price_floor, terms.map_price) if p is not None]
-    ceilings = [p for p in (terms.price_ceiling,) if p is not None]
+    ceilings = [p for p in (terms.price_ceiling,) if p is not None] + [MAX_PRICE]
     if rules.cap_at_list_price and terms.list_price is not None:
         ceilings.append(terms.list_price)
     return max(floors), min(ceilings, default=math.inf)
@@ -105,7 +107,7 @@ def decide(current: float, proposed: float, terms: Terms, rules: Rules, now_ms: 
         return Decision(current, False, ("held:min_interval",))
     floor, ceiling = bounds(terms, rules)
     # whole cents inside the bounds: the floor rounds up, the ceiling down
-    floor = _cents_up(floor)
+    floor = max(_cents_up(floor), CENT)   # a price is at least a cent
     ceiling = _cents_down(ceiling) if math.isfinite(ceiling) else ceiling
     if floor > ceiling:
         return Decision(current, False, ("held:inconsistent_terms",))

@@ -31,7 +31,7 @@ from typing import TypeVar
 
 from river import linear_model, optim
 
-from engine.core.guardrails import Rules, Terms, bounds
+from engine.core.guardrails import CENT, Rules, Terms, bounds
 
 MS_PER_HOUR, MS_PER_DAY = 3_600_000, 86_400_000
 
@@ -121,7 +121,8 @@ def price_arms(list_price: float, terms: Terms, rules: Rules, spacing: float, le
     point, where prices relative to a drifting current price would each start from nothing."""
     floor, ceiling = bounds(terms, rules)
     arms = {round(list_price * (1.0 + k * spacing), 2) for k in range(-levels, levels + 1)}
-    return sorted(a for a in arms if floor - 1e-9 <= a <= ceiling + 1e-9)   # cached: no edits
+    return sorted(a for a in arms   # cached: callers must not edit the list
+                  if a >= CENT and floor - 1e-9 <= a <= ceiling + 1e-9)
 
 
 def nearest_arm(price: float, arms: Sequence[float]) -> float:

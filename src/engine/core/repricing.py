@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.core.guardrails import (
+    CENT,
     Override,
     Rules,
     Terms,
@@ -201,7 +202,7 @@ class ItemPricing:
         """(views, units) a day: the decayed counts over the share of a day's time constant
         the item has been observed (a new item is not taken for a slow one)."""
         self.decay_to(t)
-        age = t - (self.first_ms if self.first_ms is not None else t)
+        age = max(t - (self.first_ms if self.first_ms is not None else t), 0)
         seen = max(1.0 - math.exp(-age / MS_PER_DAY), 1.0 / 24)
         return self.views / seen, self.units / seen
 
@@ -270,6 +271,8 @@ class Repricer:
         elif kind == "return":
             st.returns += int(signal.get("quantity", 1))
         elif kind == "override":
+            if round(float(signal["price"]), 2) < CENT:
+                return Outcome(None, "invalid_override")
             st.override = [round(float(signal["price"]), 2), int(signal["expires_ms"]),
                            signal.get("by", "")]
             trigger = "override"
@@ -283,7 +286,7 @@ class Repricer:
         if trigger in (None, "demand") and st.pending is not None and st.changed_ms is not None \
                 and t - st.changed_ms >= rules.min_interval_ms:
             trigger = st.pending   # what was held back, rather than the signal that let it out
-        if trigger is None or not st.list_price:
+        if trigger is None or not st.list_price or st.list_price < CENT:
             return Outcome(None, rejected)
         return Outcome(self._decide(item, st, model, t, trigger, rules), rejected)
 
@@ -333,7 +336,8 @@ class Repricer:
         bought = signal["kind"] == "purchase"
         st.add_rate(t, views=0.0 if bought else quantity, units=quantity if bought else 0.0)
         shown = signal.get("price") or st.price
-        if not shown or not st.list_price:
+        if not shown or shown < CENT or not st.list_price or st.list_price < CENT \
+                or not st.category:   # no category, no model to learn into
             return
         comp = lowest_competitor(self._observations(st), t, rules)
         x = features(item, float(shown), st.list_price, comp[1] if comp else None, t)

@@ -63,7 +63,14 @@ def changes(consumer: Any, stop: Callable[[], bool]) -> Iterator[dict[str, Any]]
                 try:
                     change = orjson.loads(record.value)
                     key = change["decision_id"]
-                except (orjson.JSONDecodeError, TypeError, KeyError):
+                    describe(change)   # has what a line needs
+                except (orjson.JSONDecodeError, TypeError, KeyError, ValueError,
+                        AttributeError, OverflowError, OSError):
+                    print(f"engine prices follow: skipped a record that is not a price "
+                          f"change (partition {record.partition}, offset {record.offset})",
+                          file=sys.stderr)
+                    continue
+                if not isinstance(key, str):
                     continue
                 if key in seen:
                     continue

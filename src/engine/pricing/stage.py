@@ -31,12 +31,14 @@ from engine.contracts import Catalogue
 from engine.core.activity import Op
 from engine.core.compose import PRICE_SIGNALS
 from engine.core.pricing import ConversionModel, PricingParams
-from engine.core.repricing import ItemPricing, PricingConfig, Repricer, signals_for
+from engine.core.repricing import MALFORMED, ItemPricing, PricingConfig, Repricer, signals_for
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
 
 PRICES = "prices"
+#: A signal the repricer failed on (an engine bug, logged): skipped and counted.
+UNPROCESSABLE = "unprocessable"
 
 #: Sends (key, value, partition or None) records to a topic, in order, and returns an
 #: awaitable of the broker's acks.
@@ -55,35 +57,52 @@ def pricing_config(s: PricingSettings) -> PricingConfig:
         high_cover_days=s.high_cover_days, currency=s.currency, model_version=s.model_version)
 
 
-#: Signals per ``price-signals`` record at most (a record stays far below the size limit).
-SIGNALS_PER_RECORD = 200
+#: A ``price-signals`` record is cut at this many bytes (the consumer's limit is
+#: ``validation.max_event_bytes``, 64 KiB by default) or ``SIGNALS_PER_RECORD`` signals.
+RECORD_BYTES = 48_000
+SIGNALS_PER_RECORD = 500
+#: A signal's position in its source: offset x SOURCE_SLOTS + its index among the event's
+#: signals (an order's lines), one number that ``hsetmax`` can keep per source partition.
+SOURCE_SLOTS = 1024
+_SOURCE_FIELDS = ("source_topic", "source_partition", "source_offset", "source_index")
 
 
 def forwarded_records(catalogue: Catalogue, topic: str,
-                      events: Sequence[tuple[int, int, dict[str, Any]]]
-                      ) -> list[tuple[int, bytes]]:
+                      events: Sequence[tuple[int, int, dict[str, Any]]],
+                      max_bytes: int = RECORD_BYTES) -> list[tuple[int, bytes]]:
     """The ``price-signals`` records (partition, value) of a batch's valid input events: per
     destination partition (murmur2 of the item id, as a keyed send would place them), the
     signals in source order, stamped with their source position, in records of at most
-    ``SIGNALS_PER_RECORD``. One record per partition instead of one per signal: an order of
-    forty lines would otherwise cost forty records, each paying the consumer's overhead."""
+    ``max_bytes``. One record per partition instead of one per signal: an order of forty
+    lines would otherwise cost forty records, each paying the consumer's overhead."""
     spec = catalogue.topics[PRICE_SIGNALS]
-    by_partition: dict[int, list[dict[str, Any]]] = {}
+    by_partition: dict[int, list[tuple[int, bytes]]] = {}
     for partition, offset, event in events:
-        for n, signal in enumerate(signals_for(topic, event)):
+        for n, signal in enumerate(signals_for(topic, event)[:SOURCE_SLOTS]):
             signal.update(event_id=f"{topic}:{partition}:{offset}:{n}", source_topic=topic,
-                          source_partition=partition, source_offset=offset)
+                          source_partition=partition, source_offset=offset, source_index=n)
             dest = catalogue.partition_of(spec.name, signal["item_id"])
-            by_partition.setdefault(dest, []).append(signal)
+            by_partition.setdefault(dest, []).append((signal["event_time_ms"],
+                                                      orjson.dumps(signal)))
     out = []
     for dest, signals in sorted(by_partition.items()):
-        for start in range(0, len(signals), SIGNALS_PER_RECORD):
-            chunk = signals[start:start + SIGNALS_PER_RECORD]
-            record = {"event_id": f"{chunk[0]['event_id']}+{len(chunk)}",
-                      "event_time_ms": max(sig["event_time_ms"] for sig in chunk),
-                      "signals": chunk}
-            out.append((dest, orjson.dumps(record)))
+        chunk: list[tuple[int, bytes]] = []
+        size = 0
+        for t, body in signals:
+            if chunk and (size + len(body) > max_bytes or len(chunk) >= SIGNALS_PER_RECORD):
+                out.append((dest, _record(chunk)))
+                chunk, size = [], 0
+            chunk.append((t, body))
+            size += len(body) + 1
+        out.append((dest, _record(chunk)))
     return out
+
+
+def _record(chunk: list[tuple[int, bytes]]) -> bytes:
+    first = orjson.loads(chunk[0][1])["event_id"]
+    head = orjson.dumps({"event_id": f"{first}+{len(chunk)}",
+                         "event_time_ms": max(t for t, _ in chunk)})
+    return head[:-1] + b',"signals":[' + b",".join(body for _, body in chunk) + b"]}"
 
 
 class SignalForwarder:
@@ -124,7 +143,8 @@ class PricingStage:
         shard = store.shard(topic, partition)
         signals = [(offset, sig) for offset, record in events for sig in record["signals"]]
         items = sorted({sig["item_id"] for _, sig in signals})
-        sources = sorted({_source(sig) for _, sig in signals if "source_topic" in sig})
+        sources = sorted({_source(sig) for _, sig in signals
+                          if all(f in sig for f in _SOURCE_FIELDS)})
         pipe = store.client.pipeline(transaction=False)
         pipe.hmget(shard + "px", items)
         if sources:
@@ -132,7 +152,7 @@ class PricingStage:
         replies = await pipe.execute()
         states = {item: ItemPricing.from_dict(orjson.loads(row)) if row else ItemPricing()
                   for item, row in zip(items, replies[0], strict=True)}
-        marks = {src: int(v) if v is not None else -1
+        marks = {src: int(float(v)) if v is not None else -1
                  for src, v in zip(sources, replies[1] if sources else [], strict=True)}
         categories = sorted(({st.category for st in states.values()}
                              | {sig.get("category", "") for _, sig in signals}) - {""})
@@ -146,25 +166,34 @@ class PricingStage:
         changes: list[tuple[bytes | None, bytes, int | None]] = []
         for offset, signal in signals:
             ops = out.setdefault(offset, [])
-            if "source_topic" in signal:
-                src = _source(signal)
-                if signal["source_offset"] <= marks[src]:
+            sourced = sum(f in signal for f in _SOURCE_FIELDS)
+            if sourced not in (0, len(_SOURCE_FIELDS)):
+                self._reject(ops, MALFORMED)
+                continue
+            if sourced:
+                src, position = _source(signal), _position(signal)
+                if position <= marks[src]:
                     metrics.PRICE_SIGNAL_DUPLICATES.inc()
                     continue
-                marks[src] = signal["source_offset"]
+                marks[src] = position
                 last_source[src] = offset
             item = signal["item_id"]
             st = states[item]
             category = signal.get("category") if signal["kind"] == "catalog" else None
             category = category or st.category
             model = models.get(category) or models.setdefault(category, self._model(None))
-            outcome = self.repricer.step(item, st, model, signal, self.s.rules(category))
+            try:
+                outcome = self.repricer.step(item, st, model, signal, self.s.rules(category))
+            except Exception:   # an engine bug must cost one signal, not the partition
+                log.exception("pricing: signal %s of item %s skipped", signal.get("event_id"),
+                              item)
+                self._reject(ops, UNPROCESSABLE)
+                continue
             last_item[item] = offset
             if category:
                 last_model[category] = offset
             if outcome.rejected:
-                ops.append(("hincrby", "pxrej", outcome.rejected, "1"))
-                metrics.COMPETITOR_REJECTED.labels(outcome.rejected).inc()
+                self._reject(ops, outcome.rejected)
             if outcome.change is not None:
                 body = orjson.dumps(outcome.change)
                 changes.append((item.encode(), body, None))
@@ -185,6 +214,11 @@ class PricingStage:
             metrics.PRICE_CHANGES.inc(len(changes))
         return out
 
+    @staticmethod
+    def _reject(ops: list[Op], reason: str) -> None:
+        ops.append(("hincrby", "pxrej", reason, "1"))
+        metrics.SIGNALS_REJECTED.labels(reason).inc()
+
     def _model(self, row: str | None) -> ConversionModel:
         if not row:
             return ConversionModel(self.config.params)
@@ -194,3 +228,7 @@ class PricingStage:
 
 def _source(signal: dict[str, Any]) -> str:
     return f"{signal['source_topic']}:{signal['source_partition']}"
+
+
+def _position(signal: dict[str, Any]) -> int:
+    return int(signal["source_offset"]) * SOURCE_SLOTS + int(signal["source_index"])
