@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Faust worker against kafka.url / redis.url")
     worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info",
                                                                "debug"], help="Faust log level")
+    worker.add_argument("--role", default="all", choices=["all", "inputs", "pricing"],
+                        help="all: the input topics, with the pricing stage in a child process "
+                        "(worker.pricing_child) or inline; inputs: only the input topics; "
+                        "pricing: only price-signals, in the group <group_id>.pricing")
     worker.set_defaults(handler=_worker)
 
     views = sub.add_parser("views", help="run the recommendation view projector against "
@@ -169,9 +173,17 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         server, _ = start_http_server(settings.worker.metrics_port, addr=settings.api.host)
         metrics_url = f"http://{settings.api.host}:{server.server_port}/metrics"
         log.warning("worker metrics on %s", metrics_url)
-    worker = Worker(settings, catalogue, metrics_url)
-    if settings.worker.views_child:
-        start_child([sys.executable, "-m", "engine", "--log-level", args.log_level, "views"])
+    role = args.role
+    pricing_child = (role == "all" and settings.pricing.enabled
+                     and settings.worker.pricing_child)
+    worker = Worker(settings, catalogue, metrics_url, "inputs" if pricing_child else role)
+    if pricing_child:   # its own process, its own core: the pricing stage is CPU work
+        worker.watch("pricing worker", start_child(
+            [sys.executable, "-m", "engine", "--log-level", args.log_level, "worker",
+             "--role", "pricing", "--loglevel", args.loglevel]))
+    if settings.worker.views_child and role != "pricing":
+        worker.watch("view projector", start_child(
+            [sys.executable, "-m", "engine", "--log-level", args.log_level, "views"]))
     faust.Worker(worker.app, loglevel=args.loglevel, quiet=True,
                  redirect_stdouts=False).execute_from_commandline()
     return 0

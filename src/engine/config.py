@@ -80,6 +80,7 @@ class WorkerSettings:
     metrics_port: int
     heartbeat_interval_s: float
     views_child: bool
+    pricing_child: bool
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from engine.config import Settings
 from engine.contracts import Catalogue, load_catalogue
@@ -75,6 +75,12 @@ async def _replay_and_measure(stack: Stack, sources: Sequence[str], limit: int |
         expected = invalid + first.total
         await _drain(store, catalogue, expected, halted)
         backfill_s = time.monotonic() - started
+        if settings.pricing.enabled:   # the live tail measures steady state, not a backlog
+            say("         waiting for the pricing stage to work through the backfill's signals")
+            pricing_s = await _drain_pricing(store, settings, catalogue, halted)
+            say(f"         caught up {pricing_s:.1f} s after the inputs")
+        else:
+            pricing_s = None
         await asyncio.sleep(1.5)  # let workers flush the backfill's latencies, then forget them
         await store.client.delete(store.key("metrics:event_to_state"))
         say(f"phase 2/2: live tail {len(live):,} events at {LIVE_TAIL_RATE:,.0f} events/s")
@@ -89,8 +95,10 @@ async def _replay_and_measure(stack: Stack, sources: Sequence[str], limit: int |
     reason = supervisor.wait(timeout=0.001)
     if reason is not None:
         return {"stopped_by": reason.message, "signal": reason.signal}
-    return _summary(stats, expected, first.total + invalid, backfill_s, latency, invalid,
-                    sample, stack.run_dir)
+    summary = _summary(stats, expected, first.total + invalid, backfill_s, latency, invalid,
+                       sample, stack.run_dir)
+    summary["pricing_catch_up_s"] = None if pricing_s is None else round(pricing_s, 1)
+    return summary
 
 
 def _publish(settings: Settings, records: list[Any], rate: float | None, stop: Any) -> Any:
@@ -125,6 +133,28 @@ async def _drain(store: StateStore, catalogue: Catalogue, expected: int, stop: A
         if stats["events_in"] >= expected or time.monotonic() > deadline or stop():
             return stats
         await asyncio.sleep(0.2)
+
+
+async def _drain_pricing(store: StateStore, settings: Settings, catalogue: Catalogue,
+                         stop: Any) -> float:
+    """Wait until the pricing stage has applied every price-signals record on the broker (its
+    watermarks reach the end offsets twice in a row); return how long that took."""
+    started = time.monotonic()
+    spec = catalogue.topics[PRICE_SIGNALS]
+    tps = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url.split(","),
+                             enable_auto_commit=False, **settings.kafka.kafka_python_options())
+    try:
+        settled = 0
+        while settled < 2 and time.monotonic() - started < DRAIN_TIMEOUT_S and not stop():
+            ends = await asyncio.to_thread(consumer.end_offsets, tps)
+            marks = [await store.watermark(spec.name, tp.partition) for tp in tps]
+            caught_up = all(mark >= ends[tp] - 1 for tp, mark in zip(tps, marks, strict=True))
+            settled = settled + 1 if caught_up else 0
+            await asyncio.sleep(0.2)
+    finally:
+        consumer.close()
+    return time.monotonic() - started
 
 
 async def _sample(store: StateStore, catalogue: Catalogue, settings: Settings
@@ -189,6 +219,8 @@ def render(s: dict[str, Any]) -> str:
         f"event->state latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms "
         f"(live tail at {s['latency_phase']['rate_eps']:,.0f} events/s, "
         f"{s['latency_phase']['events']:,} events)",
+        *([f"pricing              caught up with the backfill {s['pricing_catch_up_s']} s "
+           "after the inputs"] if s.get("pricing_catch_up_s") is not None else []),
         "",
         "per topic            valid   dead-lettered",
     ]

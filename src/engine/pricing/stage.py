@@ -19,6 +19,7 @@ Two halves, both in the worker:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -60,7 +61,9 @@ def pricing_config(s: PricingSettings) -> PricingConfig:
 #: A ``price-signals`` record is cut at this many bytes (the consumer's limit is
 #: ``validation.max_event_bytes``, 64 KiB by default) or ``SIGNALS_PER_RECORD`` signals.
 RECORD_BYTES = 48_000
-SIGNALS_PER_RECORD = 500
+SIGNALS_PER_RECORD = 200
+#: The stage lets other agents run after this many signals (it shares the worker's loop).
+YIELD_EVERY = 256
 #: A signal's position in its source: offset x SOURCE_SLOTS + its index among the event's
 #: signals (an order's lines), one number that ``hsetmax`` can keep per source partition.
 SOURCE_SLOTS = 1024
@@ -164,7 +167,9 @@ class PricingStage:
         last_model: dict[str, int] = {}
         last_source: dict[str, int] = {}
         changes: list[tuple[bytes | None, bytes, int | None]] = []
-        for offset, signal in signals:
+        for n, (offset, signal) in enumerate(signals):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)   # nothing else writes this shard meanwhile
             ops = out.setdefault(offset, [])
             sourced = sum(f in signal for f in _SOURCE_FIELDS)
             if sourced not in (0, len(_SOURCE_FIELDS)):

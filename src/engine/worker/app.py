@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -30,7 +31,7 @@ from engine.contracts import Catalogue, Rejection, Validator
 from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
 from engine.kafka_client import faust_credentials
-from engine.pricing.stage import PRICES, PricingStage, SignalForwarder
+from engine.pricing.stage import PricingStage, SignalForwarder
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.store import StateStore
@@ -46,7 +47,19 @@ RESUME_ATTEMPTS = 30
 DLQ_MAX_KEY_BYTES = 1024
 
 
-def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
+#: What a worker process consumes: "all" topics, the "inputs" (forwarding price signals), or
+#: only "pricing" (the price-signals topic, in its own consumer group).
+ROLES = ("all", "inputs", "pricing")
+
+
+def group_id_for(settings: Settings, role: str) -> str:
+    """The pricing workers form their own consumer group: they read one topic only."""
+    return f"{settings.worker.group_id}.pricing" if role == "pricing" \
+        else settings.worker.group_id
+
+
+def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = None
+              ) -> faust.App:
     fetch_wait = settings.worker.fetch_max_wait_ms
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -83,8 +96,9 @@ def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
             return Transport(self.conf.broker_consumer, self)
 
     w = settings.worker
+    group_id = group_id or w.group_id
     return App(
-        w.group_id,
+        group_id,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka.url.split(",")],
         broker_credentials=faust_credentials(settings.kafka),
         web_enabled=False,
@@ -100,7 +114,7 @@ def build_app(settings: Settings, catalogue: Catalogue) -> faust.App:
         topic_disable_leader=True,
         topic_partitions=max(t.partitions for t in catalogue.consumed),
         table_standby_replicas=0,
-        datadir=os.path.join(tempfile.gettempdir(), f"engine-faust-{w.group_id}"),
+        datadir=os.path.join(tempfile.gettempdir(), f"engine-faust-{group_id}"),
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -127,6 +141,8 @@ def resume_offsets(watermarks: dict[TP, int], committed: dict[TP, int | None]
             if committed.get(tp) is not None and committed[tp] > mark + 1}  # type: ignore[operator]
 
 
+#: price-signals records per batch (each holds up to ``stage.SIGNALS_PER_RECORD`` signals).
+PRICE_SIGNAL_RECORDS_PER_BATCH = 32
 #: How often the items touched are handed to the view projector (one SADD each time).
 VIEW_HAND_OVER_S = 0.1
 
@@ -135,43 +151,69 @@ class Worker:
     """Wires settings, catalogue, Redis and the Faust app; owns the worker's timers."""
 
     def __init__(self, settings: Settings, catalogue: Catalogue,
-                 metrics_url: str | None = None) -> None:
+                 metrics_url: str | None = None, role: str = "all") -> None:
+        if role not in ROLES:
+            raise ValueError(f"worker role must be one of {ROLES}, got {role!r}")
         self.settings = settings
         self.metrics_url = metrics_url
         self.catalogue = catalogue
+        self.role = role
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_ms = int(time.time() * 1000)
-        self.app = build_app(settings, catalogue)
+        pricing = settings.pricing.enabled
+        consumed = [t for t in catalogue.consumed
+                    if (t.name == PRICE_SIGNALS and pricing and role != "inputs")
+                    or (t.name != PRICE_SIGNALS and role != "pricing")]
+        self.app = build_app(settings, catalogue, group_id_for(settings, role))
         self.store = StateStore.open(settings.redis)
         self.views = ViewRefresher(NeighbourViews(self.store, catalogue, settings.recommend),
                                    settings.recommend)
-        pricing = settings.pricing.enabled
         stages: list[Stage] = [PersonalModel(settings.recommend)]
-        if pricing:
+        if pricing and role != "inputs":
             stages.append(PricingStage(settings.pricing, self._send))
-        forward = SignalForwarder(catalogue, self._send) if pricing else None
+        forward = SignalForwarder(catalogue, self._send) \
+            if pricing and role != "pricing" else None
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
                                         self._dead_letter, core=decision_core(settings),
                                         stages=stages, listeners=[self.views.observe],
                                         forward=forward, untimed=frozenset({PRICE_SIGNALS}))
-        self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in catalogue.consumed}
+        self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in consumed}
         self._inputs = {t.name: self.app.topic(t.name, partitions=t.partitions)
-                        for t in catalogue.consumed}
-        self._outputs = {name: self.app.topic(name) for name in (PRICE_SIGNALS, PRICES)}
+                        for t in consumed}
         for name, topic in self._inputs.items():
             self._add_agent(name, topic)
         self.app.resume_from = self._resume_from  # type: ignore[attr-defined]
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.timer(settings.worker.heartbeat_interval_s)(self._heartbeat)
         self.app.timer(1.0)(self._flush_latency)
-        self.app.timer(VIEW_HAND_OVER_S)(self.views.hand_over)
+        if role != "pricing":
+            self.app.timer(VIEW_HAND_OVER_S)(self.views.hand_over)
+        self.children: list[tuple[str, Any]] = []
+        self.app.timer(1.0)(self._watch_children)
+
+    def watch(self, name: str, child: Any) -> None:
+        """A helper process this worker started: if it exits, so does the worker (status 70),
+        so that whatever supervises the worker restarts the pair instead of running half."""
+        self.children.append((name, child))
+
+    async def _watch_children(self) -> None:
+        for name, child in self.children:
+            code = child.poll()
+            # stopped by SIGINT/SIGTERM: a Ctrl-C reaches the whole process group, and this
+            # worker is stopping too; anything else leaves it half a worker
+            if code is not None and code not in (-signal.SIGINT, -signal.SIGTERM) \
+                    and not self.processor.stopping:
+                die(f"the {name} child process exited with status {code}")
 
     def _add_agent(self, name: str, topic: faust.TopicT) -> None:
         w = self.settings.worker
         processor = self.processor
+        # a price-signals record carries up to a few hundred signals: take few at a time, so
+        # that one batch does not hold the event loop (and the input agents) for long
+        batch_max = PRICE_SIGNAL_RECORDS_PER_BATCH if name == PRICE_SIGNALS else w.batch_max
 
         async def consume(stream: Any) -> None:  # a faust.Stream (take_events is not on StreamT)
-            async for events in stream.take_events(w.batch_max, within=w.batch_within_ms / 1000):
+            async for events in stream.take_events(batch_max, within=w.batch_within_ms / 1000):
                 records = [RawRecord(e.message.partition, e.message.offset,
                                      int(e.message.timestamp * 1000), e.message.key,
                                      e.message.value) for e in events]
@@ -189,9 +231,9 @@ class Worker:
         """Enqueue records (key, value, partition or None for the key's) on an engine topic in
         order; the result resolves on the broker's acks (a failed send fails the batch, which
         is then not acknowledged)."""
-        channel = self._outputs[topic]
-        try:
-            pending = [await channel.send(key=key, value=value, partition=partition, force=True)
+        producer = self.app.producer   # straight to aiokafka: Faust's send wraps each record
+        try:                            # in futures and callbacks we do not need here
+            pending = [await producer.send(topic, key, value, partition, None, None)
                        for key, value, partition in records]
         except Exception:
             metrics.BROKER_ERRORS.labels(topic).inc()
