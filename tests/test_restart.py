@@ -94,3 +94,26 @@ async def test_sigkill_mid_stream_then_restart_equals_clean_run(
     finally:
         second.stop()
         await store.close()
+
+
+async def test_a_worker_whose_pricing_child_dies_exits_instead_of_running_half(
+        isolated: Settings, catalogue: Catalogue, tmp_path: Path) -> None:
+    import os
+    import time
+
+    worker = start_worker(isolated, catalogue, tmp_path / "worker.log")
+    store = open_store(isolated)
+    try:
+        beats = [orjson.loads(v) for v in
+                 (await store.client.hgetall(store.key("workers"))).values()]
+        (child,) = [b for b in beats if b["role"] == "pricing"]
+        assert any(tp.startswith("price-signals:") for tp in child["assigned"])
+        os.kill(child["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while worker.alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not worker.alive
+        assert worker.returncode == 70
+    finally:
+        worker.stop()
+        await store.close()

@@ -36,7 +36,8 @@ async def test_two_workers_share_partitions_and_state(
             beats = [orjson.loads(v) for v in
                      client.hgetall(f"{isolated.redis.namespace}:workers").values()]
             client.close()
-            return (len([b for b in beats if b["assigned"]]) == 2
+            inputs = [b for b in beats if b["role"] != "pricing"]   # each has a pricing child
+            return (len([b for b in inputs if b["assigned"]]) == 2
                     and assigned_partitions(isolated) >= expected_partitions(catalogue))
 
         workers[0].wait_ready(both_assigned, timeout=WORKER_JOIN_TIMEOUT_S)
@@ -45,9 +46,9 @@ async def test_two_workers_share_partitions_and_state(
         await wait_for_counts(store, expected_item_counts(records, catalogue), 60,
                               "two workers to apply every event")
 
-        async def beats() -> list[dict]:
+        async def beats() -> list[dict]:   # the input workers' (not their pricing children's)
             raw = await store.client.hgetall(store.key("workers"))
-            return [orjson.loads(v) for v in raw.values()]
+            return [b for v in raw.values() for b in [orjson.loads(v)] if b["role"] != "pricing"]
 
         async def both_applied() -> bool:   # heartbeats are every 2 s: wait for fresh ones
             return all(b["applied"] > 0 for b in await beats())

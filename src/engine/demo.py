@@ -238,7 +238,7 @@ def render(s: dict[str, Any]) -> str:
         lines.append(f"  top item {top['item_id']} {title!r}: {top['counts']}")
     if "price_changes" in sample:
         lines += ["", f"prices: {sample['price_changes']:,} changes published so far (the "
-                  "pricing stage runs behind the inputs)"]
+                  "pricing stage may still be working on the newest signals)"]
         if sample.get("top_item_price"):
             lines.append(f"  top item's last change: {describe(sample['top_item_price'])}")
     lines += ["", f"logs: {s['logs']}"]

@@ -313,7 +313,8 @@ class Worker:
             applied = self.processor.watermarks.get((topic, partition), -1)
             if high is not None:
                 metrics.LAG.labels(topic, str(partition)).set(max(high - 1 - applied, 0))
-        beat = {"pid": os.getpid(), "host": socket.gethostname(), "started_ms": self.started_ms,
+        beat = {"pid": os.getpid(), "host": socket.gethostname(), "role": self.role,
+                "started_ms": self.started_ms,
                 "heartbeat_ms": int(time.time() * 1000),
                 "applied": self.processor.applied, "duplicates": self.processor.duplicates,
                 "metrics_url": self.metrics_url,
