@@ -1,0 +1,1 @@
+"""Anticipatory stocking: demand forecasts, returning customers, stock-move signals."""

@@ -1,0 +1,48 @@
+"""Demand forecasts as pure functions (engine.core.forecast): forgetting, pooling towards the
+parent, the weekday profile and the interval of intermittent demand."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.core.forecast import MS_PER_DAY, Forecaster, ForecastParams
+
+MONDAY = 4 * MS_PER_DAY          # 1970-01-05 was a Monday
+
+
+def test_a_steady_seller_is_forecast_near_its_rate() -> None:
+    f = Forecaster(ForecastParams(half_life_days=14, pool_days=7))
+    for day in range(60):
+        f.observe("a", "toys", "uk", MONDAY + day * MS_PER_DAY + 3_600_000, 10)
+    fc = f.forecast("a", "toys", "uk", MONDAY + 60 * MS_PER_DAY, 7)
+    assert fc.mean == pytest.approx(70, rel=0.1)
+    assert fc.low < fc.mean < fc.high
+
+
+def test_a_new_item_borrows_from_its_category_and_is_not_taken_for_a_fast_seller() -> None:
+    f = Forecaster()
+    for day in range(30):
+        for item in ("a", "b", "c"):
+            f.observe(item, "toys", "uk", MONDAY + day * MS_PER_DAY, 4)
+    t = MONDAY + 30 * MS_PER_DAY
+    f.observe("new", "toys", "uk", t, 20)                   # one big first order today
+    fc = f.forecast("new", "toys", "uk", t + 1, 7)
+    assert fc.mean < 20 * 7                                  # not 20 a day from now on
+    assert fc.rates[1] > 0                                   # the category's share per item
+    unknown = f.forecast("never-sold", "toys", "uk", t + 1, 7)
+    assert unknown.mean == pytest.approx(7 * fc.rates[1], rel=0.3)
+
+
+def test_weekday_profile_and_zero_inside_the_interval_of_slow_sellers() -> None:
+    f = Forecaster()
+    for week in range(8):
+        for weekday in range(5):                             # never on weekends
+            f.observe("a", "toys", "uk", MONDAY + (week * 7 + weekday) * MS_PER_DAY, 5)
+        f.observe("slow", "toys", "uk", MONDAY + week * 7 * MS_PER_DAY, 1)
+    profile = f.profile("uk")
+    assert profile[5] == 0 and profile[6] == 0 and sum(profile) == pytest.approx(7)
+    friday = MONDAY + (8 * 7 + 4) * MS_PER_DAY
+    weekend = f.forecast("a", "toys", "uk", friday, 2)       # Saturday and Sunday
+    assert weekend.mean == 0
+    slow = f.forecast("slow", "toys", "uk", friday - MS_PER_DAY, 1)   # Friday alone
+    assert slow.low == 0 and slow.high > 0
