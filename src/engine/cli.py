@@ -113,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     pricing.add_argument("--json", action="store_true", help="print one JSON object")
     pricing.set_defaults(handler=_evaluate_pricing)
 
+    forecast = evaluate.add_parser("forecast", help="rolling-origin evaluation of the demand "
+                                   "forecasts (item x country, daily) against seasonal-naive "
+                                   "and moving-average baselines")
+    forecast.add_argument("--data", type=Path, default=None,
+                          help="Online Retail-format CSV(.gz) (default: the shared slice)")
+    forecast.add_argument("--horizon", type=int, default=7, help="days ahead (default 7)")
+    forecast.add_argument("--json", action="store_true", help="print one JSON object")
+    forecast.set_defaults(handler=_evaluate_forecast)
+
     prices = sub.add_parser("prices", help="the engine's price changes").add_subparsers(
         title="what", required=True, metavar="WHAT")
     follow = prices.add_parser("follow", help="print price changes from the prices topic as "
@@ -231,6 +240,23 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     print(f"published {stats.total} events in {stats.elapsed_s:.1f} s "
           f"({stats.events_per_s:,.0f}/s); failed {stats.failed}", file=sys.stderr)
     return 0 if stats.failed == 0 else 1
+
+
+def _evaluate_forecast(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.stocking.evaluate import as_json, evaluate, render
+
+    if not 1 <= args.horizon <= 28:
+        raise EngineError(f"--horizon must be 1-28 days, got {args.horizon}")
+    path = args.data or (settings.replay.datasets_path / "online_retail"
+                         / "online_retail_2010-12_2011-01.csv.gz")
+    if not Path(path).is_file():
+        raise EngineError(f"--data {path}: no such file")
+    try:
+        result = evaluate(settings, Path(path), horizon_days=args.horizon)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    print(as_json(result) if args.json else render(result))
+    return 0
 
 
 def _prices_follow(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,27 @@
+"""The forecast evaluation on the real Online Retail invoices, through the CLI: the documented
+JSON, and scores that are numbers (the full table is in the closing notes)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+
+def test_the_command_prints_the_documented_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["evaluate", "forecast", "--horizon", "7", "--json"]) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    assert set(result["engine"]) == {"mase", "wape", "coverage"}
+    assert set(result["baselines"]) == {"seasonal_naive", "moving_average"}
+    for scores in (result["engine"], *result["baselines"].values()):
+        assert scores["mase"] > 0 and scores["wape"] > 0
+    assert 0 < result["engine"]["coverage"] <= 1 and result["forecasts"] > 10_000
+
+
+def test_a_bad_horizon_or_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["evaluate", "forecast", "--horizon", "0"]) == 2
+    assert main(["evaluate", "forecast", "--data", "/nonexistent.csv"]) == 2
+    assert "no such file" in capsys.readouterr().err
