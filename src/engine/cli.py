@@ -122,6 +122,14 @@ def _parser() -> argparse.ArgumentParser:
     forecast.add_argument("--json", action="store_true", help="print one JSON object")
     forecast.set_defaults(handler=_evaluate_forecast)
 
+    returns = evaluate.add_parser("returns", help="returning customers (BG/NBD) on the CDNOW "
+                                  "purchases: 39 weeks to learn, 39 to test, against the naive "
+                                  "rate")
+    returns.add_argument("--data", type=Path, default=None,
+                         help="CDNOW master file (default: the shared copy)")
+    returns.add_argument("--json", action="store_true", help="print one JSON object")
+    returns.set_defaults(handler=_evaluate_returns)
+
     prices = sub.add_parser("prices", help="the engine's price changes").add_subparsers(
         title="what", required=True, metavar="WHAT")
     follow = prices.add_parser("follow", help="print price changes from the prices topic as "
@@ -256,6 +264,19 @@ def _evaluate_forecast(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     print(as_json(result) if args.json else render(result))
+    return 0
+
+
+def _evaluate_returns(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from engine.stocking.returns_eval import evaluate, render
+
+    path = args.data or settings.replay.datasets_path / "cdnow" / "CDNOW_master.txt.gz"
+    if not Path(path).is_file():
+        raise EngineError(f"--data {path}: no such file")
+    result = evaluate(Path(path))
+    print(orjson.dumps(result).decode() if args.json else render(result))
     return 0
 
 
