@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
@@ -21,6 +21,7 @@ import redis
 from engine.config import Settings, load_settings
 from engine.contracts import Catalogue, load_catalogue
 from engine.embedded import ManagedProcess, create_topics, start_broker, start_redis
+from engine.store import StateStore
 
 from .cluster import redis_cluster
 
@@ -131,3 +132,21 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A 3-primary Redis Cluster from the same server binary, shared by the session."""
     with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
         yield url
+
+
+async def drop_namespace(store: StateStore) -> None:
+    """Delete every key of a test's namespace."""
+    async for key in store.client.scan_iter(match=f"{store.namespace}:*"):
+        await store.client.delete(key)
+
+
+@pytest.fixture
+async def store(settings: Settings, request: pytest.FixtureRequest
+                ) -> AsyncIterator[StateStore]:
+    """The session's Redis under a namespace of this test's own, emptied afterwards."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    s = StateStore.open(dataclasses.replace(settings.redis,
+                                            namespace=f"{module}-{request.node.name}"))
+    yield s
+    await drop_namespace(s)
+    await s.close()

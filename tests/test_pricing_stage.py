@@ -6,8 +6,7 @@ recognise."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import orjson
@@ -23,21 +22,12 @@ from engine.replay.competitors import competitor_prices
 from engine.store import StateStore
 from engine.worker.processor import BatchProcessor, RawRecord
 
-from .conftest import DATASETS
+from .conftest import DATASETS, drop_namespace
 
 pytestmark = pytest.mark.integration
 
 PRODUCTS = ("health5", "computers4", "watches1")   # real Kaggle products; health5's feed has
                                                   # a 17x jump (349.90 -> 19.99) and back
-
-
-@pytest.fixture
-async def store(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    s = StateStore.open(dataclasses.replace(settings.redis, namespace=f"ps-{request.node.name}"))
-    yield s
-    async for key in s.client.scan_iter(match=f"{s.namespace}:*"):
-        await s.client.delete(key)
-    await s.close()
 
 
 class Broker:
@@ -154,8 +144,7 @@ async def test_a_replay_from_scratch_makes_the_same_decisions_with_the_same_ids(
         await run(other, catalogue, settings, signal_records(catalogue, inputs, 7), two,
                   batch=3)
     finally:
-        async for key in other.client.scan_iter(match=f"{other.namespace}:*"):
-            await other.client.delete(key)
+        await drop_namespace(other)
     assert [c["decision_id"] for c in one.changes] == [c["decision_id"] for c in two.changes]
     assert one.changes == two.changes
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 import orjson
 import pytest
@@ -19,15 +18,6 @@ from engine.worker.processor import UNPROCESSABLE, BatchProcessor, RawRecord, Wa
 pytestmark = pytest.mark.integration
 
 NOW_MS = 1_700_000_000_000
-
-
-@pytest.fixture
-async def store(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    s = StateStore.open(dataclasses.replace(settings.redis, namespace=f"p-{request.node.name}"))
-    yield s
-    async for key in s.client.scan_iter(match=f"{s.namespace}:*"):
-        await s.client.delete(key)
-    await s.close()
 
 
 class Letters:

@@ -84,7 +84,7 @@ def bounds(terms: Terms, rules: Rules) -> tuple[float, float]:
     ceilings = [p for p in (terms.price_ceiling,) if p is not None] + [MAX_PRICE]
     if rules.cap_at_list_price and terms.list_price is not None:
         ceilings.append(terms.list_price)
-    return max(floors), min(ceilings, default=math.inf)
+    return max(floors), min(ceilings)
 
 
 def _cents_up(x: float) -> float:
@@ -93,6 +93,13 @@ def _cents_up(x: float) -> float:
 
 def _cents_down(x: float) -> float:
     return math.floor(round(x / CENT, 6)) * CENT
+
+
+def cent_bounds(terms: Terms, rules: Rules) -> tuple[float, float]:
+    """``bounds`` in whole cents a price may take: the floor rounds up (to at least a cent),
+    the ceiling down; floor > ceiling means the terms are inconsistent."""
+    floor, ceiling = bounds(terms, rules)
+    return max(_cents_up(floor), CENT), _cents_down(ceiling)
 
 
 def decide(current: float, proposed: float, terms: Terms, rules: Rules, now_ms: int,
@@ -105,10 +112,7 @@ def decide(current: float, proposed: float, terms: Terms, rules: Rules, now_ms: 
         return Decision(price, price != current, ("override",))
     if last_change_ms is not None and now_ms - last_change_ms < rules.min_interval_ms:
         return Decision(current, False, ("held:min_interval",))
-    floor, ceiling = bounds(terms, rules)
-    # whole cents inside the bounds: the floor rounds up, the ceiling down
-    floor = max(_cents_up(floor), CENT)   # a price is at least a cent
-    ceiling = _cents_down(ceiling) if math.isfinite(ceiling) else ceiling
+    floor, ceiling = cent_bounds(terms, rules)
     if floor > ceiling:
         return Decision(current, False, ("held:inconsistent_terms",))
     low = _cents_up(current * (1.0 - rules.max_step))

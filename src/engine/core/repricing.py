@@ -42,7 +42,7 @@ from engine.core.guardrails import (
     Override,
     Rules,
     Terms,
-    bounds,
+    cent_bounds,
     competitor_target,
     decide,
     lowest_competitor,
@@ -423,10 +423,7 @@ class Repricer:
 
     def _initial(self, item: str, st: ItemPricing, terms: Terms, t: int, trigger: str,
                  rules: Rules) -> dict[str, Any] | None:
-        floor, ceiling = bounds(terms, rules)
-        floor = math.ceil(round(floor * 100, 6)) / 100
-        ceiling = math.floor(round(ceiling * 100, 6)) / 100 if math.isfinite(ceiling) \
-            else ceiling
+        floor, ceiling = cent_bounds(terms, rules)
         if floor > ceiling:
             st.pending = trigger   # inconsistent terms: no price until the catalogue is mended
             return None

@@ -4,7 +4,6 @@ what stands behind it, and its recent changes. Each item's state lives in one sh
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ import orjson
 from engine.config import PricingSettings
 from engine.contracts import Catalogue
 from engine.core.compose import PRICE_SIGNALS
-from engine.core.guardrails import bounds
+from engine.core.guardrails import cent_bounds
 from engine.core.repricing import ItemPricing
 from engine.store import StateStore
 
@@ -25,8 +24,7 @@ class PriceReader:
         self.settings = settings
 
     def shard(self, item_id: str) -> str:
-        return self.store.shard(PRICE_SIGNALS, self.catalogue.partition_of(PRICE_SIGNALS,
-                                                                            item_id))
+        return self.store.shard(PRICE_SIGNALS, self.partition(item_id))
 
     def partition(self, item_id: str) -> int:
         return self.catalogue.partition_of(PRICE_SIGNALS, item_id)
@@ -41,7 +39,7 @@ class PriceReader:
         if st is None or st.price is None:
             return None
         rules = self.settings.rules(st.category)
-        floor, ceiling = bounds(st.guard_terms, rules)
+        floor, ceiling = cent_bounds(st.guard_terms, rules)   # as the guardrails enforce them
         at = st.changed_ms or 0
         return {
             "item_id": item_id,
@@ -50,8 +48,7 @@ class PriceReader:
             "changed_ms": st.changed_ms,
             "decision_id": st.last_decision,
             "category": st.category,
-            "terms": {**st.terms, "floor": round(floor, 2),
-                      "ceiling": round(ceiling, 2) if math.isfinite(ceiling) else None},
+            "terms": {**st.terms, "floor": round(floor, 2), "ceiling": round(ceiling, 2)},
             "competitor_rule": rules.competitor_rule,
             "competitors": [
                 {"competitor": name, "price": price, "event_time_ms": int(t)}

@@ -79,33 +79,32 @@ def forwarded_records(catalogue: Catalogue, topic: str,
     ``max_bytes``. One record per partition instead of one per signal: an order of forty
     lines would otherwise cost forty records, each paying the consumer's overhead."""
     spec = catalogue.topics[PRICE_SIGNALS]
-    by_partition: dict[int, list[tuple[int, bytes]]] = {}
+    by_partition: dict[int, list[tuple[int, str, bytes]]] = {}
     for partition, offset, event in events:
         for n, signal in enumerate(signals_for(topic, event)[:SOURCE_SLOTS]):
             signal.update(event_id=f"{topic}:{partition}:{offset}:{n}", source_topic=topic,
                           source_partition=partition, source_offset=offset, source_index=n)
             dest = catalogue.partition_of(spec.name, signal["item_id"])
             by_partition.setdefault(dest, []).append((signal["event_time_ms"],
-                                                      orjson.dumps(signal)))
+                                                      signal["event_id"], orjson.dumps(signal)))
     out = []
     for dest, signals in sorted(by_partition.items()):
-        chunk: list[tuple[int, bytes]] = []
+        chunk: list[tuple[int, str, bytes]] = []
         size = 0
-        for t, body in signals:
+        for t, event_id, body in signals:
             if chunk and (size + len(body) > max_bytes or len(chunk) >= SIGNALS_PER_RECORD):
                 out.append((dest, _record(chunk)))
                 chunk, size = [], 0
-            chunk.append((t, body))
+            chunk.append((t, event_id, body))
             size += len(body) + 1
         out.append((dest, _record(chunk)))
     return out
 
 
-def _record(chunk: list[tuple[int, bytes]]) -> bytes:
-    first = orjson.loads(chunk[0][1])["event_id"]
-    head = orjson.dumps({"event_id": f"{first}+{len(chunk)}",
-                         "event_time_ms": max(t for t, _ in chunk)})
-    return head[:-1] + b',"signals":[' + b",".join(body for _, body in chunk) + b"]}"
+def _record(chunk: list[tuple[int, str, bytes]]) -> bytes:
+    head = orjson.dumps({"event_id": f"{chunk[0][1]}+{len(chunk)}",
+                         "event_time_ms": max(t for t, _, _ in chunk)})
+    return head[:-1] + b',"signals":[' + b",".join(body for _, _, body in chunk) + b"]}"
 
 
 class SignalForwarder:
