@@ -16,8 +16,20 @@ a log-normal matched to the mean and a variance that has three parts: orders arr
 (Poisson), each brings a lot of units (``u2 / u``: a wholesale line of 100 units is one event,
 not 100), and the rate itself is uncertain (the Gamma posterior's variance).
 
+Leading indicators. Views and cart adds come before orders. Per item x region the forecaster
+keeps their short-memory sums (half-life ``lead_half_life_hours``), and per region how many units
+sell per view and per cart add (long memory). When an item's current interest implies a higher
+rate than its sales so far (``max(units/view x view rate, units/cart x cart rate)``), the excess
+is added for as long as interest is expected to last (it decays with the short half-life):
+
+    mean += (interest - rate) x tau x (1 - exp(-H / tau)),   tau = lead half-life / ln 2
+
+so a burst of views and cart adds raises the next hours' forecast at once, and a long horizon
+by no more than about ``tau`` days of the excess.
+
 Everything is a function of the events and their event times, so a replay, the evaluator and
-the live engine agree; updates cost a few dictionary operations per order line.
+the live engine agree; updates cost a few dictionary operations per order line. ``dump_*`` and
+``load_*`` give each series as a short list of numbers (JSON in Redis, no pickles).
 """
 
 from __future__ import annotations
@@ -59,6 +71,58 @@ class Sums:
         self.u += units
         self.u2 += units * units
 
+    def at(self, t: int, decay_per_day: float) -> tuple[float, float]:
+        """(units, exposure) as of ``t`` without changing the sums."""
+        if self.t is None:
+            return 0.0, 0.0
+        days = max(t - self.t, 0) / MS_PER_DAY
+        f = math.exp(-decay_per_day * days)
+        return self.u * f, self.e * f + (1.0 - f) / decay_per_day
+
+    def dump(self) -> list[float]:
+        return [_r(self.u), _r(self.u2), _r(self.e), self.t if self.t is not None else -1]
+
+    @classmethod
+    def load(cls, row: list[float]) -> Sums:
+        return cls(row[0], row[1], row[2], int(row[3]) if row[3] >= 0 else None)
+
+
+@dataclass
+class Interest:
+    """Views and cart adds of one series (or, with ``u``, of a region: units sold alongside),
+    forgotten in event time."""
+
+    v: float = 0.0
+    c: float = 0.0
+    u: float = 0.0
+    t: int | None = None
+
+    def advance(self, t: int, decay_per_day: float) -> None:
+        if self.t is not None and t > self.t:
+            f = math.exp(-decay_per_day * (t - self.t) / MS_PER_DAY)
+            self.v *= f
+            self.c *= f
+            self.u *= f
+        if self.t is None or t > self.t:
+            self.t = t
+
+    def at(self, t: int, decay_per_day: float) -> tuple[float, float, float]:
+        if self.t is None:
+            return 0.0, 0.0, 0.0
+        f = math.exp(-decay_per_day * max(t - self.t, 0) / MS_PER_DAY)
+        return self.v * f, self.c * f, self.u * f
+
+    def dump(self) -> list[float]:
+        return [_r(self.v), _r(self.c), _r(self.u), self.t if self.t is not None else -1]
+
+    @classmethod
+    def load(cls, row: list[float]) -> Interest:
+        return cls(row[0], row[1], row[2], int(row[3]) if row[3] >= 0 else None)
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.6g}")
+
 
 @dataclass(frozen=True)
 class ForecastParams:
@@ -69,11 +133,15 @@ class ForecastParams:
     pool_days: float = 1.0
     #: the interval's central probability (0.9: the 5 % and 95 % quantiles)
     interval: float = 0.9
+    #: leading indicators: how fast an item's views and cart adds are forgotten (0 = off)
+    lead_half_life_hours: float = 12.0
 
 
 @dataclass(frozen=True)
 class Forecast:
     mean: float
+    #: of the units in the horizon (Poisson arrivals, lot sizes and the rate's uncertainty)
+    variance: float
     #: the point that minimises absolute error: 0 when no order at all is more likely than
     #: not (intermittent demand), else the log-normal median
     median: float
@@ -82,6 +150,10 @@ class Forecast:
     #: the daily rate of the item and of each parent it borrowed from
     rates: tuple[float, float, float]
     exposure_days: float
+    #: units added by current interest (views, cart adds) above the rate of past sales
+    lead_units: float = 0.0
+    #: the probability of no order at all in the horizon
+    p_none: float = 1.0
 
 
 @dataclass
@@ -89,14 +161,23 @@ class Forecaster:
     params: ForecastParams = field(default_factory=ForecastParams)
     #: (level, key, region) -> sums; level "item", "category" or "region"
     series: dict[tuple[str, str, str], Sums] = field(default_factory=dict)
-    #: (category, region) -> the items seen there (the parent's rate is shared among them)
-    members: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    #: (category, region) -> how many items have a series there (the parent's rate is
+    #: shared among them)
+    members: dict[tuple[str, str], int] = field(default_factory=dict)
     #: region -> units per weekday (forgotten like the sums)
     weekdays: dict[str, list[float]] = field(default_factory=dict)
+    #: (item, region) -> short-memory views and cart adds; (ALL, region) -> the region's views,
+    #: cart adds and units with long memory (units per view and per cart add)
+    interest: dict[tuple[str, str], Interest] = field(default_factory=dict)
 
     @property
     def decay(self) -> float:
         return math.log(2) / self.params.half_life_days
+
+    @property
+    def lead_decay(self) -> float:
+        h = self.params.lead_half_life_hours
+        return math.log(2) / (h / 24.0) if h > 0 else 0.0
 
     def _keys(self, item: str, category: str, region: str) -> list[tuple[str, str, str]]:
         return [("item", item, region), ("category", category, region),
@@ -112,13 +193,54 @@ class Forecaster:
                 # exposure of its parent (an item first sold today is not a fast seller)
                 parent = self.series.get(("region", ALL, region))
                 sums = self.series[key] = Sums(e=parent.e, t=parent.t) if parent else Sums()
+                if key[0] == "item":
+                    self.members[(category, region)] = self.members.get((category, region),
+                                                                        0) + 1
             sums.advance(t, self.decay)
             if units > 0:
                 sums.add(units)
-        self.members.setdefault((category, region), set()).add(item)
         if units > 0:
             profile = self.weekdays.setdefault(region, [0.0] * 7)
             profile[_weekday(t)] += units
+            if self.lead_decay:
+                self._region_interest(region, t).u += units
+
+    def interested(self, item: str, category: str, region: str, t: int, views: float = 0.0,
+                   carts: float = 0.0) -> None:
+        """Views and cart adds of ``item`` in ``region`` at ``t`` (leading indicators); the
+        item's series starts its exposure if it had none."""
+        if not self.lead_decay:
+            return
+        if ("item", item, region) not in self.series:
+            self.observe(item, category, region, t, 0)
+        own = self.interest.get((item, region))
+        if own is None:
+            own = self.interest[(item, region)] = Interest()
+        own.advance(t, self.lead_decay)
+        own.v += views
+        own.c += carts
+        reg = self._region_interest(region, t)
+        reg.v += views
+        reg.c += carts
+
+    def _region_interest(self, region: str, t: int) -> Interest:
+        reg = self.interest.get((ALL, region))
+        if reg is None:
+            reg = self.interest[(ALL, region)] = Interest()
+        reg.advance(t, self.decay)
+        return reg
+
+    def interest_rate(self, item: str, region: str, t: int) -> float:
+        """The daily rate of units the item's current views and cart adds imply."""
+        own, reg = self.interest.get((item, region)), self.interest.get((ALL, region))
+        if not self.lead_decay or own is None or reg is None:
+            return 0.0
+        v, c, _ = own.at(t, self.lead_decay)
+        rv, rc, ru = reg.at(t, self.decay)
+        # a forgotten sum of events is (rate / decay) at equilibrium: rate = sum x decay
+        per_view = ru / rv if rv > 0 else 0.0
+        per_cart = ru / rc if rc > 0 else 0.0
+        return max(per_view * v, per_cart * c) * self.lead_decay
 
     def profile(self, region: str) -> list[float]:
         """Weekday factors averaging 1 (flat until the region has sold something)."""
@@ -132,26 +254,32 @@ class Forecaster:
                                                                               float]:
         """(posterior daily rate, posterior shape, exposure) of a series at ``t``."""
         sums = self.series.get(key)
-        u, e = 0.0, 0.0
-        if sums is not None and sums.t is not None:
-            days = max(t - sums.t, 0) / MS_PER_DAY
-            f = math.exp(-self.decay * days)
-            u, e = sums.u * f, sums.e * f + (1.0 - f) / self.decay
+        u, e = sums.at(t, self.decay) if sums is not None else (0.0, 0.0)
         k = self.params.pool_days
         shape = u + k * prior
         return shape / (e + k), shape, e
 
-    def forecast(self, item: str, category: str, region: str, t: int, horizon_days: int
-                 ) -> Forecast:
-        """Units expected in the ``horizon_days`` days after ``t``, with an interval."""
+    def forecast(self, item: str, category: str, region: str, t: int, horizon_days: float,
+                 leading: bool = True) -> Forecast:
+        """Units expected in the ``horizon_days`` days after ``t`` (whole days from the day
+        after ``t``'s; a fraction of a day counts from ``t`` itself), with an interval."""
         region_rate, _, _ = self._rate(("region", ALL, region), 0.0, t)
-        n_cat = max(len(self.members.get((category, region), ())), 1)
+        n_cat = max(self.members.get((category, region), 0), 1)
         cat_rate, _, _ = self._rate(("category", category, region), region_rate, t)
         rate, shape, exposure = self._rate(("item", item, region), cat_rate / n_cat, t)
         profile = self.profile(region)
         day0 = t // MS_PER_DAY
-        factor = sum(profile[_weekday((day0 + d) * MS_PER_DAY)] for d in range(1, horizon_days + 1))
+        whole = int(horizon_days)
+        factor = sum(profile[_weekday((day0 + d) * MS_PER_DAY)] for d in range(1, whole + 1))
+        factor += (horizon_days - whole) * profile[_weekday(t)]
         mean = rate * factor
+        lead = 0.0
+        if leading and self.lead_decay:
+            excess = self.interest_rate(item, region, t) - rate
+            if excess > 0:
+                tau = 1.0 / self.lead_decay
+                lead = excess * tau * (1.0 - math.exp(-horizon_days / tau))
+                mean += lead
         sums = self.series.get(("item", item, region))
         lot = sums.u2 / sums.u if sums is not None and sums.u > 0 else 1.0
         variance = mean * max(lot, 1.0) + (mean * mean / shape if shape > 0 else 0.0)
@@ -161,13 +289,32 @@ class Forecaster:
         if p_none >= (1 - self.params.interval) / 2:
             low = 0.0
         median = 0.0 if p_none >= 0.5 else _lognormal_median(mean, variance)
-        return Forecast(mean, median, low, high, (rate, cat_rate / n_cat, region_rate),
-                        exposure)
+        return Forecast(mean, variance, median, low, high, (rate, cat_rate / n_cat, region_rate),
+                        exposure, lead, p_none)
 
     def items(self, region: str | None = None) -> Iterable[tuple[str, str]]:
         """(item, region) of every item series."""
         return ((key, r) for level, key, r in self.series
                 if level == "item" and (region is None or r == region))
+
+
+def lognormal_quantile(mean: float, variance: float, p: float) -> float:
+    """The ``p`` quantile of the log-normal with this mean and variance (0 when mean is 0)."""
+    if mean <= 0:
+        return 0.0
+    sigma2 = math.log(1.0 + variance / (mean * mean))
+    return math.exp(math.log(mean) - sigma2 / 2 + NormalDist().inv_cdf(p) * math.sqrt(sigma2))
+
+
+def lognormal_exceeds(mean: float, variance: float, level: float) -> float:
+    """P(X > level) for the log-normal with this mean and variance."""
+    if mean <= 0:
+        return 0.0
+    if level <= 0:
+        return 1.0
+    sigma2 = math.log(1.0 + variance / (mean * mean))
+    mu = math.log(mean) - sigma2 / 2
+    return 1.0 - NormalDist().cdf((math.log(level) - mu) / math.sqrt(sigma2))
 
 
 def _weekday(t: int) -> int:
