@@ -18,6 +18,12 @@ Op codes (key is relative to the shard prefix):
   hincrbyfloat  HINCRBYFLOAT key a b       float sum
   hset          HSET key a b               latest value, in offset order
   hsetmax       HSET key a b if b > current (numeric), e.g. the latest event time seen
+  hdel          HDEL key a (b is ignored; send "")
+  custbuy       a customer's purchase at time b (ms) in hash key (fields first, last, x): the
+                first purchase sets first = last = b, x = 0; a purchase a day or more after
+                last counts one more repeat transaction (x + 1, last = b); one a day or more
+                before first becomes the new first (x + 1); same-day purchases are one
+                transaction (BG/NBD's x, t_x and T: src/engine/core/returns.py)
   hsetlatest    HSET key a b where b is "<event_time_ms>|<value>", unless the stored value has a
                 later event time: the latest observation by event time, whatever the arrival order
   zincrby       ZINCRBY key b a            weighted tally of member a
@@ -71,7 +77,7 @@ end
 -- what the fourth field of each op must be
 local check = {hincrby = integer, hincrbyfloat = finite, hset = anything, hsetmax = finite,
                hsetlatest = stamped, zincrby = finite, lpushcap = integer,
-               covisit = covisit_spec}
+               covisit = covisit_spec, hdel = anything, custbuy = integer}
 
 for _, event in ipairs(batch) do
   for _, op in ipairs(event[2]) do
@@ -98,6 +104,20 @@ for _, event in ipairs(batch) do
         redis.call('HINCRBYFLOAT', key, a, b)
       elseif code == 'hset' then
         redis.call('HSET', key, a, b)
+      elseif code == 'hdel' then
+        redis.call('HDEL', key, a)
+      elseif code == 'custbuy' then
+        local t, day = tonumber(b), 86400000
+        local first = tonumber(redis.call('HGET', key, 'first'))
+        if first == nil then
+          redis.call('HSET', key, 'first', b, 'last', b, 'x', 0)
+        elseif t < first then
+          if first - t >= day then redis.call('HINCRBY', key, 'x', 1) end
+          redis.call('HSET', key, 'first', b)
+        elseif t - tonumber(redis.call('HGET', key, 'last')) >= day then
+          redis.call('HINCRBY', key, 'x', 1)
+          redis.call('HSET', key, 'last', b)
+        end
       elseif code == 'hsetmax' then
         local current = tonumber(redis.call('HGET', key, a))
         if current == nil or tonumber(b) > current then

@@ -9,7 +9,8 @@ from engine.contracts import load_catalogue
 from engine.core.activity import INPUT_TOPICS, RECENT_ITEMS, dead_letter_ops, ops_for
 
 CATALOGUE = load_catalogue()
-KNOWN_OPS = {"hincrby", "hincrbyfloat", "hset", "hsetmax", "hsetlatest", "zincrby", "lpushcap"}
+KNOWN_OPS = {"hincrby", "hincrbyfloat", "hset", "hsetmax", "hsetlatest", "zincrby", "lpushcap",
+             "custbuy", "hdel"}
 
 
 def _valid(topic: str) -> list[dict]:

@@ -132,3 +132,25 @@ async def test_watermark_behind_the_callers_is_refused(store: StateStore) -> Non
     result = await store.apply("clicks", 0, [(10, ops_for("clicks", _view(10)))], expected=9)
     assert (result.applied, result.watermark) == (-1, 4)
     assert await store.watermark("clicks", 0) == 4
+
+
+async def test_customer_purchases_count_repeat_transactions_by_day(store: StateStore) -> None:
+    """custbuy keeps BG/NBD's statistics: same-day purchases are one transaction, a late older
+    purchase becomes the first, a re-delivered one changes nothing."""
+    day = 86_400_000
+    t0 = 1_291_191_960_000
+
+    def order(offset: int, t: int) -> tuple[int, list]:
+        event = {"event_id": f"o{offset}", "event_type": "purchase", "event_time_ms": t,
+                 "order_id": f"o{offset}", "user_id": "17850", "region": "united-kingdom",
+                 "lines": [{"item_id": "85123A", "quantity": 1, "unit_price": 2.55}]}
+        return offset, ops_for("orders", event)
+
+    batch = [order(0, t0), order(1, t0 + 3_600_000), order(2, t0 + 2 * day),
+             order(3, t0 + 5 * day), order(4, t0 - 3 * day)]
+    await store.apply("orders", 0, batch)
+    await store.apply("orders", 0, batch)                      # re-delivered
+    key = store.shard("orders", 0) + "cust:17850"
+    assert await store.client.hgetall(key) == {
+        "first": str(t0 - 3 * day), "last": str(t0 + 5 * day), "x": "3",
+        "region": "united-kingdom"}

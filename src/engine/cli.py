@@ -67,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info",
                                                                "debug"], help="Faust log level")
     worker.add_argument("--role", default="all", choices=["all", "inputs", "pricing"],
-                        help="all: the input topics, with the pricing stage in a child process "
-                        "(worker.pricing_child) or inline; inputs: only the input topics; "
-                        "pricing: only price-signals, in the group <group_id>.pricing")
+                        help="all: the input topics, with the item stages (pricing, stocking) in "
+                        "a child process (worker.pricing_child) or inline; inputs: only the "
+                        "input topics; pricing: only the item stages on price-signals, in the "
+                        "group <group_id>.pricing")
     worker.set_defaults(handler=_worker)
 
     views = sub.add_parser("views", help="run the recommendation view projector against "
@@ -179,7 +180,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from prometheus_client import start_http_server
 
     from engine.embedded.process import start_child
-    from engine.worker.app import Worker
+    from engine.worker.app import Worker, item_stages_enabled
 
     _require_urls(settings)
     catalogue = load_catalogue()
@@ -191,7 +192,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         metrics_url = f"http://{settings.api.host}:{server.server_port}/metrics"
         log.warning("worker metrics on %s", metrics_url)
     role = args.role
-    pricing_child = (role == "all" and settings.pricing.enabled
+    pricing_child = (role == "all" and item_stages_enabled(settings)
                      and settings.worker.pricing_child)
     worker = Worker(settings, catalogue, metrics_url, "inputs" if pricing_child else role)
     if pricing_child:   # its own process, its own core: the pricing stage is CPU work

@@ -211,6 +211,21 @@ class PricingSettings:
 
 
 @dataclass(frozen=True)
+class StockingSettings:
+    enabled: bool
+    service_level: float
+    cover_days: float
+    signal_interval_minutes: float
+    half_life_days: float
+    pool_days: float
+    interval: float
+    lead_half_life_hours: float
+    model_version: str
+    return_params: tuple[float, ...]
+    return_horizon_days: float
+
+
+@dataclass(frozen=True)
 class Region:
     dc: str
     lead_time_days: float
@@ -227,6 +242,7 @@ class Settings:
     replay: ReplaySettings
     recommend: RecommendSettings
     pricing: PricingSettings
+    stocking: StockingSettings
     regions: Mapping[str, Region]
 
     def region(self, name: str) -> Region:
@@ -251,6 +267,7 @@ _SECTIONS: dict[str, type] = {
     "replay": ReplaySettings,
     "recommend": RecommendSettings,
     "pricing": PricingSettings,
+    "stocking": StockingSettings,
 }
 
 
@@ -344,6 +361,11 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
         if type_name == "int" and value != int(value):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value) if type_name == "int" else float(value)
+    if type_name == "tuple[float, ...]":
+        if not isinstance(value, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
     if type_name.startswith("tuple"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings, got {value!r}")
@@ -397,6 +419,25 @@ def _check(s: Settings) -> None:
     if not 0 <= r.mf_blend <= 1:
         raise ConfigError(f"recommend.mf_blend must be within [0, 1], got {r.mf_blend}")
     _check_pricing(s.pricing)
+    _check_stocking(s.stocking)
+    for name, region in s.regions.items():
+        if region.lead_time_days <= 0:
+            raise ConfigError(f"regions.{name}.lead_time_days must be positive")
+
+
+def _check_stocking(k: StockingSettings) -> None:
+    for key in ("cover_days", "signal_interval_minutes", "lead_half_life_hours"):
+        if getattr(k, key) < 0:
+            raise ConfigError(f"stocking.{key} must not be negative, got {getattr(k, key)}")
+    for key in ("half_life_days", "pool_days", "return_horizon_days"):
+        if getattr(k, key) <= 0:
+            raise ConfigError(f"stocking.{key} must be positive, got {getattr(k, key)}")
+    for key in ("service_level", "interval"):
+        if not 0.5 <= getattr(k, key) < 1:
+            raise ConfigError(f"stocking.{key} must be within [0.5, 1), got {getattr(k, key)}")
+    if len(k.return_params) != 4 or any(v <= 0 for v in k.return_params):
+        raise ConfigError("stocking.return_params must be four positive numbers "
+                          "[r, alpha, a, b]")
 
 
 def _check_pricing(p: PricingSettings) -> None:

@@ -32,6 +32,7 @@ from engine.replay.run import build_records
 from engine.stack import Stack, embedded_stack, say
 from engine.store import StateStore
 from engine.views import event_to_state_latency, item_activity, pipeline_stats
+from engine.worker.app import item_stages_enabled
 
 LIVE_TAIL_EVENTS = 20_000
 LIVE_TAIL_RATE = 1_000.0
@@ -75,8 +76,9 @@ async def _replay_and_measure(stack: Stack, sources: Sequence[str], limit: int |
         expected = invalid + first.total
         await _drain(store, catalogue, expected, halted)
         backfill_s = time.monotonic() - started
-        if settings.pricing.enabled:   # the live tail measures steady state, not a backlog
-            say("         waiting for the pricing stage to work through the backfill's signals")
+        if item_stages_enabled(settings):   # the live tail measures steady state, not a backlog
+            say("         waiting for the item stages (pricing, stocking) to work through the "
+                "backfill's signals")
             pricing_s = await _drain_pricing(store, settings, catalogue, halted)
             say(f"         caught up {pricing_s:.1f} s after the inputs")
         else:

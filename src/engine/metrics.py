@@ -33,6 +33,9 @@ PRICE_SIGNALS = Counter("engine_price_signals_forwarded_total",
 PRICE_SIGNAL_DUPLICATES = Counter("engine_price_signal_duplicates_total",
                                   "Re-sent price signals recognised by their source offset")
 PRICE_CHANGES = Counter("engine_price_changes_total", "Price changes published to prices")
+STOCKING_SIGNALS = Counter("engine_stocking_signals_total",
+                           "Signals published to stocking-signals, by status (open, cleared)",
+                           ["status"])
 SIGNALS_REJECTED = Counter("engine_price_signals_rejected_total",
                            "Price signals the pricing stage rejected (competitor outliers, "
                            "other currencies, malformed signals), by reason", ["reason"])

@@ -101,6 +101,9 @@ def _orders(event: Event) -> list[Op]:
     if event.get("user_id") is not None:
         ops.append(("hsetmax", f"user:{event['user_id']}", "last_event_ms",
                     _int(event["event_time_ms"])))
+        if not returned:   # the customer's purchase record (returning customers, BG/NBD)
+            ops += [("custbuy", f"cust:{event['user_id']}", "", _int(event["event_time_ms"])),
+                    ("hset", f"cust:{event['user_id']}", "region", region)]
     return ops
 
 

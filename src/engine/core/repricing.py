@@ -88,16 +88,16 @@ def signals_for(topic: str, event: Mapping[str, Any]) -> list[Signal]:
     out: list[Signal] = []
     if topic == "clicks" and event["event_type"] == "view" and "item_id" in event:
         out.append({"item_id": event["item_id"], "kind": "view", "quantity": 1,
-                    **_opt(event, "price", "currency")})
+                    **_opt(event, "price", "currency", "region")})
     elif topic == "carts" and event["event_type"] == "add" and "item_id" in event:
         out.append({"item_id": event["item_id"], "kind": "cart",
-                    "quantity": int(event["quantity"])})
+                    "quantity": int(event["quantity"]), **_opt(event, "region")})
     elif topic == "orders":
         kind = "return" if event["event_type"] == "return" else "purchase"
         for line in event["lines"]:
             out.append({"item_id": line["item_id"], "kind": kind,
                         "quantity": int(line["quantity"]), "price": line["unit_price"],
-                        **_opt(event, "currency")})
+                        **_opt(event, "currency", "region")})
     elif topic == "competitor-prices":
         out.append({"item_id": event["item_id"], "kind": "competitor",
                     "competitor": event["competitor"], "price": event["price"],

@@ -145,17 +145,13 @@ class PricingStage:
         shard = store.shard(topic, partition)
         signals = [(offset, sig) for offset, record in events for sig in record["signals"]]
         items = sorted({sig["item_id"] for _, sig in signals})
-        sources = sorted({_source(sig) for _, sig in signals
-                          if all(f in sig for f in _SOURCE_FIELDS)})
         pipe = store.client.pipeline(transaction=False)
         pipe.hmget(shard + "px", items)
-        if sources:
-            pipe.hmget(shard + "pxsrc", sources)
+        marks = SourceMarks.read(pipe, shard + "pxsrc", signals)
         replies = await pipe.execute()
         states = {item: ItemPricing.from_dict(orjson.loads(row)) if row else ItemPricing()
                   for item, row in zip(items, replies[0], strict=True)}
-        marks = {src: int(float(v)) if v is not None else -1
-                 for src, v in zip(sources, replies[1] if sources else [], strict=True)}
+        marks.load(replies[1:])
         categories = sorted(({st.category for st in states.values()}
                              | {sig.get("category", "") for _, sig in signals}) - {""})
         rows = await store.client.hmget(shard + "pxm", categories) if categories else []
@@ -164,23 +160,18 @@ class PricingStage:
         out: dict[int, list[Op]] = {}
         last_item: dict[str, int] = {}
         last_model: dict[str, int] = {}
-        last_source: dict[str, int] = {}
         changes: list[tuple[bytes | None, bytes, int | None]] = []
         for n, (offset, signal) in enumerate(signals):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)   # nothing else writes this shard meanwhile
             ops = out.setdefault(offset, [])
-            sourced = sum(f in signal for f in _SOURCE_FIELDS)
-            if sourced not in (0, len(_SOURCE_FIELDS)):
+            seen = marks.count(signal, offset)
+            if seen == MALFORMED:
                 self._reject(ops, MALFORMED)
                 continue
-            if sourced:
-                src, position = _source(signal), _position(signal)
-                if position <= marks[src]:
-                    metrics.PRICE_SIGNAL_DUPLICATES.inc()
-                    continue
-                marks[src] = position
-                last_source[src] = offset
+            if seen == DUPLICATE:
+                metrics.PRICE_SIGNAL_DUPLICATES.inc()
+                continue
             item = signal["item_id"]
             st = states[item]
             category = signal.get("category") if signal["kind"] == "catalog" else None
@@ -211,8 +202,7 @@ class PricingStage:
             model = models[category]
             out[offset].append(("hset", "pxm", category, _dumps(
                 {"weights": model.weights, "intercept": model.intercept})))
-        for src, offset in last_source.items():
-            out[offset].append(("hsetmax", "pxsrc", src, str(marks[src])))
+        marks.write(out, "pxsrc")
         if changes:   # on the broker before the state moves on: a crash re-publishes
             await (await self.send(PRICES, changes))
             metrics.PRICE_CHANGES.inc(len(changes))
@@ -228,6 +218,57 @@ class PricingStage:
             return ConversionModel(self.config.params)
         data = orjson.loads(row)
         return ConversionModel(self.config.params, data["weights"], data["intercept"])
+
+
+#: What ``SourceMarks.count`` says of a signal counted before.
+DUPLICATE = "duplicate"
+
+
+class SourceMarks:
+    """Which forwarded signals a stage has counted: per source partition, the highest source
+    position (offset x SOURCE_SLOTS + index), kept in a hash of the stage's shard with
+    ``hsetmax``. A signal at or below its source's mark is a re-send (the forwarder re-sends a
+    batch after a crash) and is skipped; a signal without a source (an API override) always
+    counts. Each stage keeps its own marks, so stages can be switched on and off apart."""
+
+    def __init__(self, sources: list[str]) -> None:
+        self.sources = sources
+        self.marks: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+
+    @classmethod
+    def read(cls, pipe: Any, key: str, signals: Sequence[tuple[int, dict[str, Any]]]
+             ) -> SourceMarks:
+        """Queue the read of the marks the batch needs on ``pipe``; ``load`` its replies."""
+        sources = sorted({_source(sig) for _, sig in signals
+                          if all(f in sig for f in _SOURCE_FIELDS)})
+        if sources:
+            pipe.hmget(key, sources)
+        return cls(sources)
+
+    def load(self, replies: Sequence[Any]) -> None:
+        values = replies[0] if self.sources else []
+        self.marks = {src: int(float(v)) if v is not None else -1
+                      for src, v in zip(self.sources, values, strict=True)}
+
+    def count(self, signal: dict[str, Any], offset: int) -> str | None:
+        """None when the signal is new (and now counted), else DUPLICATE or MALFORMED."""
+        sourced = sum(f in signal for f in _SOURCE_FIELDS)
+        if sourced == 0:
+            return None
+        if sourced != len(_SOURCE_FIELDS):
+            return MALFORMED
+        src, position = _source(signal), _position(signal)
+        if position <= self.marks[src]:
+            return DUPLICATE
+        self.marks[src] = position
+        self.last[src] = offset
+        return None
+
+    def write(self, out: dict[int, list[Op]], key: str) -> None:
+        """The ops that keep the new marks, each with the last record that moved it."""
+        for src, offset in self.last.items():
+            out[offset].append(("hsetmax", key, src, str(self.marks[src])))
 
 
 def _source(signal: dict[str, Any]) -> str:

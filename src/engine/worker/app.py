@@ -32,6 +32,7 @@ from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
 from engine.kafka_client import faust_credentials
 from engine.pricing.stage import PricingStage, SignalForwarder
+from engine.stocking.stage import StockingStage
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.store import StateStore
@@ -47,9 +48,15 @@ RESUME_ATTEMPTS = 30
 DLQ_MAX_KEY_BYTES = 1024
 
 
-#: What a worker process consumes: "all" topics, the "inputs" (forwarding price signals), or
-#: only "pricing" (the price-signals topic, in its own consumer group).
+#: What a worker process consumes: "all" topics, the "inputs" (forwarding item signals), or
+#: only "pricing" (the item-keyed price-signals topic, in its own consumer group: the pricing
+#: and stocking stages).
 ROLES = ("all", "inputs", "pricing")
+
+
+def item_stages_enabled(settings: Settings) -> bool:
+    """Whether anything consumes the item-keyed signals (pricing or stocking)."""
+    return settings.pricing.enabled or settings.stocking.enabled
 
 
 def group_id_for(settings: Settings, role: str) -> str:
@@ -160,19 +167,21 @@ class Worker:
         self.role = role
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_ms = int(time.time() * 1000)
-        pricing = settings.pricing.enabled
+        items = item_stages_enabled(settings)
         consumed = [t for t in catalogue.consumed
-                    if (t.name == PRICE_SIGNALS and pricing and role != "inputs")
+                    if (t.name == PRICE_SIGNALS and items and role != "inputs")
                     or (t.name != PRICE_SIGNALS and role != "pricing")]
         self.app = build_app(settings, catalogue, group_id_for(settings, role))
         self.store = StateStore.open(settings.redis)
         self.views = ViewRefresher(NeighbourViews(self.store, catalogue, settings.recommend),
                                    settings.recommend)
         stages: list[Stage] = [PersonalModel(settings.recommend)]
-        if pricing and role != "inputs":
+        if settings.pricing.enabled and role != "inputs":
             stages.append(PricingStage(settings.pricing, self._send))
+        if settings.stocking.enabled and role != "inputs":
+            stages.append(StockingStage(settings, self._send))
         forward = SignalForwarder(catalogue, self._send) \
-            if pricing and role != "pricing" else None
+            if items and role != "pricing" else None
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
                                         self._dead_letter, core=decision_core(settings),
                                         stages=stages, listeners=[self.views.observe],

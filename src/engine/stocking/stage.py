@@ -1,0 +1,193 @@
+"""The live stocking stage: item signals -> demand forecasts, stock and stocking signals.
+
+It is a second processor stage on the internal item-keyed topic ``price-signals`` (which the
+worker fills from every input: order lines, views and cart adds carry their region, inventory
+levels their centre, the catalogue the category). An item's signals all land in one partition,
+so its forecast series per region, its stock per centre and its open signals live in one row of
+that partition's shard (``st``), written with the shard's watermark: exactly once.
+
+Pooling: the category and region series an item borrows from (``stp``) are kept per partition
+too, so each is estimated from the quarter (with 4 partitions) of the catalogue that hashes
+there; a parent's rate is divided among the items counted with it in the same partition, so the
+share an item borrows is the same in expectation. This keeps every write of a batch in one shard
+(one script call, no cross-slot writes on Redis Cluster).
+
+Signals are computed in offset order from the state read at the start of the batch and
+published to ``stocking-signals`` (keyed by centre) before the batch is applied: a crash
+re-publishes the same signal ids, never loses one. Re-sent forwarded signals are recognised by
+their source position (``stsrc``) like the pricing stage's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from engine import metrics
+from engine.config import Settings, StockingSettings
+from engine.core.activity import Op
+from engine.core.compose import PRICE_SIGNALS
+from engine.core.forecast import Forecaster, ForecastParams
+from engine.core.stocking import (
+    DEFAULT_REGION,
+    Centre,
+    ItemStock,
+    StockingPolicy,
+    assess,
+    item_row,
+    load_item,
+    load_parents,
+    parent_fields,
+    parent_rows,
+)
+from engine.pricing.stage import DUPLICATE, MALFORMED, YIELD_EVERY, Send, SourceMarks
+from engine.store import StateStore
+
+STOCKING_SIGNALS = "stocking-signals"
+#: Signal kinds the stage reads (the others are pricing's).
+KINDS = frozenset({"purchase", "view", "cart", "stock", "catalog"})
+
+
+def forecast_params(s: StockingSettings) -> ForecastParams:
+    return ForecastParams(half_life_days=s.half_life_days, pool_days=s.pool_days,
+                          interval=s.interval, lead_half_life_hours=s.lead_half_life_hours)
+
+
+def stocking_policy(settings: Settings) -> StockingPolicy:
+    s = settings.stocking
+    return StockingPolicy(
+        centres={name: Centre(r.dc, r.lead_time_days) for name, r in settings.regions.items()},
+        service_level=s.service_level, cover_days=s.cover_days,
+        signal_interval_ms=round(s.signal_interval_minutes * 60_000),
+        model_version=s.model_version)
+
+
+def open_field(item: str, dc: str) -> str:
+    """The field of an open signal in ``sto`` (item ids never hold a newline)."""
+    return f"{item}\n{dc}"
+
+
+class StockingStage:
+    """The processor stage of ``price-signals`` for stocking (see the module docstring)."""
+
+    def __init__(self, settings: Settings, send: Send) -> None:
+        self.params = forecast_params(settings.stocking)
+        self.policy = stocking_policy(settings)
+        self.send = send
+
+    async def ops(self, store: StateStore, topic: str, partition: int,
+                  events: Sequence[tuple[int, dict[str, Any]]]) -> dict[int, list[Op]]:
+        if topic != PRICE_SIGNALS or not events:
+            return {}
+        shard = store.shard(topic, partition)
+        signals = [(offset, sig) for offset, record in events for sig in record["signals"]
+                   if sig.get("kind") in KINDS]
+        if not signals:
+            return {}
+        items = sorted({sig["item_id"] for _, sig in signals})
+        pipe = store.client.pipeline(transaction=False)
+        pipe.hmget(shard + "st", items)
+        marks = SourceMarks.read(pipe, shard + "stsrc", signals)
+        replies = await pipe.execute()
+        marks.load(replies[1:])
+        fc = Forecaster(self.params)
+        stocks: dict[str, ItemStock] = {}
+        regions: dict[str, set[str]] = {}
+        for item, row in zip(items, replies[0], strict=True):
+            stocks[item], regions[item] = load_item(fc, item, orjson.loads(row) if row else None)
+        # the parents this batch can touch: each item's categories x its regions
+        cats = {item: {st.category} for item, st in stocks.items()}
+        regs = {item: set(r) for item, r in regions.items()}
+        for _, sig in signals:
+            if sig["kind"] == "catalog" and sig.get("category"):
+                cats[sig["item_id"]].add(sig["category"])
+            if sig.get("region"):
+                regs[sig["item_id"]].add(sig["region"])
+        pairs = sorted({(c, r) for item in items for c in cats[item] for r in regs[item]})
+        if pairs:
+            names = [name for c, r in pairs for name in parent_fields(c, r)]
+            rows = await store.client.hmget(shard + "stp", names)
+            for n, (c, r) in enumerate(pairs):
+                cat_row, region_row = rows[2 * n], rows[2 * n + 1]
+                load_parents(fc, c, r, (orjson.loads(cat_row) if cat_row else None,
+                                        orjson.loads(region_row) if region_row else None))
+
+        out: dict[int, list[Op]] = {}
+        last_item: dict[str, int] = {}
+        last_pair: dict[tuple[str, str], int] = {}
+        published: list[tuple[bytes | None, bytes, int | None]] = []
+        t_max = -1
+        for n, (offset, signal) in enumerate(signals):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)   # nothing else writes this shard meanwhile
+            ops = out.setdefault(offset, [])
+            seen = marks.count(signal, offset)
+            if seen == MALFORMED:
+                ops.append(("hincrby", "ststats", "malformed", "1"))
+                continue
+            if seen == DUPLICATE:
+                continue
+            item, kind, t = signal["item_id"], signal["kind"], int(signal["event_time_ms"])
+            st = stocks[item]
+            t_max = max(t_max, t)
+            last_item[item] = offset
+            dc = None
+            if kind == "catalog":
+                st.category = signal.get("category") or st.category
+            elif kind == "stock":
+                dc = signal["dc"]
+                st.stock(dc, int(signal["on_hand"]), int(signal.get("in_transit", 0)), t)
+            elif signal.get("region"):
+                region = signal["region"]
+                quantity = max(int(signal.get("quantity", 1)), 0)
+                if kind == "purchase":
+                    fc.observe(item, st.category, region, t, quantity)
+                else:
+                    fc.interested(item, st.category, region, t,
+                                  views=quantity if kind == "view" else 0,
+                                  carts=quantity if kind == "cart" else 0)
+                regions[item].add(region)
+                last_pair[(st.category, region)] = offset
+                dc = self.policy.centre(region).dc
+            if dc is None:
+                continue
+            decided = assess(fc, item, st, regions[item], dc, t, self.policy)
+            if decided is not None:
+                body = orjson.dumps(decided)
+                published.append((dc.encode(), body, None))
+                field = open_field(item, dc)
+                if decided["status"] == "open":
+                    ops.append(("hset", "sto", field, body.decode()))
+                else:
+                    ops.append(("hdel", "sto", field, ""))
+                ops.append(("hincrby", "ststats", decided["status"], "1"))
+                metrics.STOCKING_SIGNALS.labels(decided["status"]).inc()
+        # rows are written once per batch, with the last record that touched them (the batch is
+        # applied atomically, so this is the same as writing after every record)
+        for item, offset in last_item.items():
+            out[offset].append(("hset", "st", item, _dumps(
+                item_row(fc, item, stocks[item], regions[item]))))
+        for (category, region), offset in last_pair.items():
+            cat_row, region_row = parent_rows(fc, category, region)
+            cat_field, region_field = parent_fields(category, region)
+            if cat_row is not None:
+                out[offset].append(("hset", "stp", cat_field, _dumps(cat_row)))
+            if region_row is not None:
+                out[offset].append(("hset", "stp", region_field, _dumps(region_row)))
+        marks.write(out, "stsrc")
+        if t_max >= 0:
+            out[signals[-1][0]].append(("hsetmax", "ststats", "event_time_max", str(t_max)))
+        if published:   # on the broker before the state moves on: a crash re-publishes
+            await (await self.send(STOCKING_SIGNALS, published))
+        return out
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+__all__ = ["DEFAULT_REGION", "STOCKING_SIGNALS", "StockingStage", "forecast_params",
+           "open_field", "stocking_policy"]
