@@ -26,11 +26,13 @@ from engine.api.docs import DOCS_HTML
 from engine.api.guard import Guard
 from engine.api.ingest import Ingestor
 from engine.api.prices import PriceRoutes
+from engine.api.stocking import StockingRoutes
 from engine.config import Settings
 from engine.contracts import Catalogue
 from engine.kafka_client import aiokafka_options
 from engine.pricing.query import PriceReader
 from engine.recommend.query import Recommender, Result
+from engine.stocking.query import StockingReader
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,8 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
     app.include_router(ingestor.router)
     app.include_router(PriceRoutes(settings, PriceReader(store, catalogue, settings.pricing),
                                    ingestor).router)
+    app.include_router(StockingRoutes(settings, StockingReader(store, catalogue, settings),
+                                      recommender).router)
     app.add_middleware(Guard, max_in_flight=settings.api.max_in_flight,
                        read_timeout_s=settings.api.read_timeout_s)
 

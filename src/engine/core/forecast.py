@@ -28,8 +28,10 @@ so a burst of views and cart adds raises the next hours' forecast at once, and a
 by no more than about ``tau`` days of the excess.
 
 Everything is a function of the events and their event times, so a replay, the evaluator and
-the live engine agree; updates cost a few dictionary operations per order line. ``dump_*`` and
-``load_*`` give each series as a short list of numbers (JSON in Redis, no pickles).
+the live engine agree; updates cost a few dictionary operations per order line. ``dump`` and
+``load`` give each series as a short list of numbers (JSON in Redis, no pickles), exact: a
+float survives the JSON round trip bit for bit, so a replay cut into other batches decides the
+same.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class Sums:
         return self.u * f, self.e * f + (1.0 - f) / decay_per_day
 
     def dump(self) -> list[float]:
-        return [_r(self.u), _r(self.u2), _r(self.e), self.t if self.t is not None else -1]
+        return [self.u, self.u2, self.e, self.t if self.t is not None else -1]
 
     @classmethod
     def load(cls, row: list[float]) -> Sums:
@@ -113,15 +115,11 @@ class Interest:
         return self.v * f, self.c * f, self.u * f
 
     def dump(self) -> list[float]:
-        return [_r(self.v), _r(self.c), _r(self.u), self.t if self.t is not None else -1]
+        return [self.v, self.c, self.u, self.t if self.t is not None else -1]
 
     @classmethod
     def load(cls, row: list[float]) -> Interest:
         return cls(row[0], row[1], row[2], int(row[3]) if row[3] >= 0 else None)
-
-
-def _r(x: float) -> float:
-    return float(f"{x:.6g}")
 
 
 @dataclass(frozen=True)

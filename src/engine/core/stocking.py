@@ -289,5 +289,5 @@ def parent_rows(fc: Forecaster, category: str, region: str
     reg = fc.series.get(("region", ALL, region))
     interest = fc.interest.get((ALL, region)) or Interest()
     return ({"s": cat.dump(), "n": fc.members.get((category, region), 0)} if cat else None,
-            {"s": reg.dump(), "w": [round(w, 4) for w in fc.weekdays.get(region, [0.0] * 7)],
+            {"s": reg.dump(), "w": fc.weekdays.get(region, [0.0] * 7),
              "i": interest.dump()} if reg else None)

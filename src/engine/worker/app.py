@@ -32,9 +32,9 @@ from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
 from engine.kafka_client import faust_credentials
 from engine.pricing.stage import PricingStage, SignalForwarder
-from engine.stocking.stage import StockingStage
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
+from engine.stocking.stage import StockingStage
 from engine.store import StateStore
 from engine.worker.processor import BatchProcessor, RawRecord, Stage
 

@@ -1,0 +1,222 @@
+"""Reads of the stocking state for the API and the CLI: open signals, an item's demand forecast,
+a customer's return forecast, and the periodic fit of the returning-customer model.
+
+An item's stocking row lives in one shard of ``price-signals`` (Kafka's default partitioner on
+the item id); a customer's purchase statistics in one shard of ``orders`` (on the user id, the
+orders topic's key). Forecasts are computed at the shard's event-time clock (the latest event
+time the stocking stage has applied there), never the wall clock, so they agree with a replay.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from engine.config import Settings
+from engine.contracts import Catalogue
+from engine.core.compose import PRICE_SIGNALS
+from engine.core.forecast import Forecaster
+from engine.core.returns import BGNBD, Customer, fit
+from engine.core.stocking import centre_demand, load_item, load_parents, parent_fields
+from engine.stocking.stage import forecast_params, stocking_policy
+from engine.store import StateStore
+
+ORDERS = "orders"
+#: Where ``engine stocking fit-returns`` keeps the fitted population and its regional totals.
+RETURNS_MODEL_KEY = "returns:model"
+#: Horizons (days) of the regional expected-purchase totals the fit stores.
+REGION_HORIZONS = (7, 30)
+
+
+class StockingReader:
+    def __init__(self, store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+        self.store = store
+        self.catalogue = catalogue
+        self.settings = settings
+        self.policy = stocking_policy(settings)
+        self.params = forecast_params(settings.stocking)
+
+    def _item_shard(self, item_id: str) -> str:
+        return self.store.shard(PRICE_SIGNALS, self.catalogue.partition_of(PRICE_SIGNALS,
+                                                                           item_id))
+
+    # --- open signals --------------------------------------------------------------------
+
+    async def open_signals(self, dc: str | None, item: str | None, limit: int
+                           ) -> list[dict[str, Any]]:
+        """Open signals, most confident first (then newest), filtered by centre and item."""
+        if item is not None:
+            rows = [await self.store.client.hgetall(self._item_shard(item) + "sto")]
+        else:
+            rows = await self.store.shard_hashes(PRICE_SIGNALS,
+                                                 self.catalogue.topics[PRICE_SIGNALS].partitions,
+                                                 "sto")
+        out = []
+        for row in rows:
+            for name, body in row.items():
+                row_item, _, row_dc = name.rpartition("\n")
+                if (item is None or row_item == item) and (dc is None or row_dc == dc):
+                    out.append(orjson.loads(body))
+        out.sort(key=lambda s: (-s.get("confidence", 0.0), -s["event_time_ms"], s["item_id"]))
+        return out[:limit]
+
+    # --- an item's forecast --------------------------------------------------------------
+
+    async def forecast(self, item: str, region: str | None, horizon_days: float | None
+                       ) -> dict[str, Any] | None:
+        """The item's demand forecast per region (or in one region), its centres' demand over
+        their lead times against their stock; None when the engine has no row for the item."""
+        shard = self._item_shard(item)
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.hget(shard + "st", item)
+        pipe.hget(shard + "ststats", "event_time_max")
+        raw, clock = await pipe.execute()
+        if raw is None:
+            return None
+        fc = Forecaster(self.params)
+        st, regions = load_item(fc, item, orjson.loads(raw))
+        asked = [region] if region is not None else sorted(regions)
+        names = [n for r in asked for n in parent_fields(st.category, r)]
+        parents = await self.store.client.hmget(shard + "stp", names) if names else []
+        for n, r in enumerate(asked):
+            cat_row, region_row = parents[2 * n], parents[2 * n + 1]
+            load_parents(fc, st.category, r, (orjson.loads(cat_row) if cat_row else None,
+                                              orjson.loads(region_row) if region_row else None))
+        t = int(clock) if clock is not None else 0
+        per_region = []
+        for r in asked:
+            centre = self.policy.centre(r)
+            h = horizon_days if horizon_days is not None else centre.lead_time_days
+            f = fc.forecast(item, st.category, r, t, h)
+            per_region.append({
+                "region": r, "dc": centre.dc, "horizon_days": h, "mean": _r(f.mean),
+                "median": _r(f.median), "lower": _r(f.low), "upper": _r(f.high),
+                "p_no_order": _r(f.p_none), "from_interest": _r(f.lead_units),
+                "daily_rate": {"item": _r(f.rates[0]), "category_share": _r(f.rates[1]),
+                               "region": _r(f.rates[2])},
+                "exposure_days": _r(f.exposure_days), "known": r in regions})
+        centres = []
+        for dc in sorted({self.policy.centre(r).dc for r in regions} | set(st.inventory)):
+            lead = max((self.policy.centre(r).lead_time_days for r in regions
+                        if self.policy.centre(r).dc == dc), default=None)
+            if lead is None:
+                lead = next((c.lead_time_days for c in self.policy.centres.values()
+                             if c.dc == dc), self.policy.centre("default").lead_time_days)
+            d = centre_demand(fc, item, st.category, regions, dc, self.policy, t, lead)
+            held = st.inventory.get(dc)
+            centres.append({
+                "dc": dc, "lead_time_days": lead, "regions": list(d.regions),
+                "demand": {"mean": _r(d.mean), "lower": _r(d.lower), "upper": _r(d.upper)},
+                "service_level": self.policy.service_level,
+                "on_hand": held[0] if held else None, "in_transit": held[1] if held else None,
+                "stock_event_time_ms": held[2] if held else None,
+                "open_signal": st.open.get(dc, {}).get("signal_id")})
+        return {"item_id": item, "category": st.category or None, "as_of_ms": t,
+                "interval": self.params.interval, "regions": per_region, "centres": centres,
+                "model_version": self.settings.stocking.model_version}
+
+    # --- returning customers -------------------------------------------------------------
+
+    def _customer_shards(self, user: str) -> list[str]:
+        partitions = self.catalogue.topics[ORDERS].partitions
+        if self.settings.recommend.user_shards == "keyed":
+            return [self.store.shard(ORDERS, self.catalogue.partition_of(ORDERS, user))]
+        return [self.store.shard(ORDERS, p) for p in range(partitions)]
+
+    async def model(self) -> tuple[BGNBD, dict[str, Any]]:
+        """The population parameters: the last fit on this engine's customers, else config."""
+        raw = await self.store.client.get(self.store.key(RETURNS_MODEL_KEY))
+        if raw:
+            stored = orjson.loads(raw)
+            return BGNBD(*stored["params"]), stored
+        return BGNBD(*self.settings.stocking.return_params), {"source": "config"}
+
+    async def return_forecast(self, user: str, horizon_days: float) -> dict[str, Any] | None:
+        pipe = self.store.client.pipeline(transaction=False)
+        shards = self._customer_shards(user)
+        for shard in shards:
+            pipe.hgetall(shard + f"cust:{user}")
+            pipe.hget(shard + "stats", "event_time_max")
+        replies = await pipe.execute()
+        rows = [(replies[2 * n], replies[2 * n + 1]) for n in range(len(shards))]
+        found = [(row, clock) for row, clock in rows if row]
+        if not found:
+            return None
+        row, clock = found[0]
+        customer = Customer(int(row["first"]), int(row["last"]), int(row["x"]))
+        now = max(int(float(clock)) if clock else 0, customer.last_ms)
+        model, meta = await self.model()
+        x, t_x, big_t = customer.weeks(now)
+        h = horizon_days / 7.0
+        wait = model.expected_wait(x, big_t)
+        p_alive = model.p_alive(x, t_x, big_t)
+        return {
+            "user_id": user, "region": row.get("region"), "as_of_ms": now,
+            "first_purchase_ms": customer.first_ms, "last_purchase_ms": customer.last_ms,
+            "repeat_transactions": x, "p_alive": _r(p_alive),
+            "horizon_days": horizon_days,
+            "p_buy_within_horizon": _r(model.p_buy_within(h, x, t_x, big_t)),
+            "expected_purchases_in_horizon": _r(model.expected_purchases(h, x, t_x, big_t)),
+            "expected_days_to_next_purchase": None if wait is None else _r(wait * 7.0),
+            "model": {"name": "bg-nbd", "params": dict(zip(("r", "alpha", "a", "b"),
+                                                           _params(model), strict=True)),
+                      "source": meta.get("source", "fit"),
+                      "fitted_at_ms": meta.get("fitted_at_ms"),
+                      "customers": meta.get("customers")}}
+
+    async def fit_returns(self, max_customers: int = 200_000) -> dict[str, Any]:
+        """Fit the BG/NBD population on the customers in the orders shards (at the state's
+        event-time clock) and total their expected purchases by region; stored for the API."""
+        partitions = self.catalogue.topics[ORDERS].partitions
+        customers: list[tuple[str, Customer]] = []
+        clock = 0
+        for p in range(partitions):
+            shard = self.store.shard(ORDERS, p)
+            t = await self.store.client.hget(shard + "stats", "event_time_max")
+            clock = max(clock, int(float(t)) if t else 0)
+            keys = [k async for k in self.store.client.scan_iter(match=_glob(shard) + "cust:*",
+                                                                 count=1000)]
+            for start in range(0, len(keys), 500):
+                pipe = self.store.client.pipeline(transaction=False)
+                for k in keys[start:start + 500]:
+                    pipe.hgetall(k)
+                for row in await pipe.execute():
+                    if row and len(customers) < max_customers:
+                        customers.append((row.get("region", ""),
+                                          Customer(int(row["first"]), int(row["last"]),
+                                                   int(row["x"]))))
+        if not customers:
+            return {"customers": 0}
+        stats = [c.weeks(clock) for _, c in customers]
+        model = fit(stats, start=BGNBD(*self.settings.stocking.return_params))
+        by_region: dict[str, dict[str, float]] = {}
+        for (region, _), (x, t_x, big_t) in zip(customers, stats, strict=True):
+            totals = by_region.setdefault(region or "unknown", {"customers": 0})
+            totals["customers"] += 1
+            for h in REGION_HORIZONS:
+                name = f"expected_purchases_{h}d"
+                totals[name] = totals.get(name, 0.0) + model.expected_purchases(
+                    h / 7.0, x, t_x, big_t)
+        result = {"params": list(_params(model)), "source": "fit", "customers": len(customers),
+                  "as_of_ms": clock, "fitted_at_ms": int(time.time() * 1000),
+                  "regions": {r: {k: _r(v) for k, v in totals.items()}
+                              for r, totals in sorted(by_region.items())}}
+        await self.store.client.set(self.store.key(RETURNS_MODEL_KEY), orjson.dumps(result))
+        return result
+
+
+def _params(model: BGNBD) -> Sequence[float]:
+    return (_r(model.r), _r(model.alpha), _r(model.a), _r(model.b))
+
+
+def _glob(text: str) -> str:
+    """``text`` with Redis glob characters escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _r(x: float) -> float:
+    return round(x, 4) if math.isfinite(x) else 0.0

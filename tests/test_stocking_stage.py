@@ -1,0 +1,142 @@
+"""The stocking stage on real Redis (no broker: what it publishes is collected in order), fed
+the real Online Retail invoices through the forwarder: a centre that runs short opens a signal,
+restocking clears it, re-sends and replays publish nothing a consumer cannot recognise, and the
+readers behind the API agree with the stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.config import Settings
+from engine.contracts import Catalogue, Validator, load_catalogue
+from engine.core.compose import PRICE_SIGNALS, decision_core
+from engine.replay.run import build_records
+from engine.stocking.query import StockingReader
+from engine.stocking.stage import STOCKING_SIGNALS, StockingStage
+from engine.store import StateStore
+from engine.worker.processor import BatchProcessor, RawRecord
+
+from .conftest import drop_namespace
+from .test_pricing_stage import Broker, _no_letters, signal_records
+
+pytestmark = pytest.mark.integration
+
+
+def uk_orders(settings: Settings, limit: int = 6000) -> tuple[str, list[dict[str, Any]],
+                                                               list[dict[str, Any]]]:
+    """The item on most of the first real invoices, its catalogue record, and the invoices
+    (UK purchases) that contain it."""
+    records = build_records(settings, ["online_retail"], limit=limit)
+    validator = Validator(load_catalogue(), settings.validation)
+    orders = [r.event for r in records if r.topic == "orders"
+              and r.event["event_type"] == "purchase" and r.event["region"] == "united-kingdom"
+              and validator.check_event("orders", r.event) is None]   # as the worker would
+    counts: dict[str, int] = {}
+    for o in orders:
+        for line in o["lines"]:
+            counts[line["item_id"]] = counts.get(line["item_id"], 0) + 1
+    item = max(sorted(counts), key=counts.__getitem__)
+    mine = [o for o in orders if any(line["item_id"] == item for line in o["lines"])]
+    catalog = [r.event for r in records if r.topic == "catalog" and r.event["item_id"] == item]
+    return item, catalog, mine
+
+
+def stock(item: str, dc: str, on_hand: int, t: int, n: int) -> dict[str, Any]:
+    """An inventory level (the data sets have none: this one is the test's own)."""
+    return {"event_id": f"inv-{n}", "event_time_ms": t, "item_id": item, "dc": dc,
+            "on_hand": on_hand, "in_transit": 0}
+
+
+async def run(store: StateStore, catalogue: Catalogue, settings: Settings,
+              records: dict[int, list[bytes]], broker: Broker, start: int = 0,
+              batch: int = 10) -> None:
+    processor = BatchProcessor(store, Validator(catalogue, settings.validation), _no_letters,
+                               core=decision_core(settings),
+                               stages=[StockingStage(settings, broker)])
+    await processor.load_watermarks([(PRICE_SIGNALS, p) for p in records])
+    for partition, raws in sorted(records.items()):
+        rows = [RawRecord(partition, start + i, 1_600_000_000_000, None, raw)
+                for i, raw in enumerate(raws)]
+        for k in range(0, len(rows), batch):
+            await processor.process(PRICE_SIGNALS, rows[k:k + batch])
+
+
+def signals(broker: Broker) -> list[dict[str, Any]]:
+    return [body for topic, body in broker.sent if topic == STOCKING_SIGNALS]
+
+
+def scenario(settings: Settings) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """Stock is set when the first invoice arrives (10 in the UK centre, plenty abroad); the
+    real invoices follow; then the UK centre is restocked."""
+    item, catalog, orders = uk_orders(settings)
+    t0, t_end = orders[0]["event_time_ms"], orders[-1]["event_time_ms"]
+    inputs: list[tuple[str, dict[str, Any]]] = [("catalog", e) for e in catalog]
+    inputs += [("inventory", stock(item, "dc-uk", 10, t0 - 1, 0)),
+               ("inventory", stock(item, "dc-intl", 100_000, t0 - 1, 1))]
+    inputs += [("orders", o) for o in orders]
+    inputs.append(("inventory", stock(item, "dc-uk", 1_000_000, t_end + 1, 2)))
+    return item, inputs
+
+
+async def test_a_short_centre_gets_a_signal_and_restocking_clears_it(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    item, inputs = scenario(settings)
+    broker = Broker()
+    records = signal_records(catalogue, inputs[:-1], 25)
+    await run(store, catalogue, settings, records, broker)
+    published = signals(broker)
+    validator = Validator(catalogue, settings.validation)
+    for s in published:
+        assert validator.check_event(STOCKING_SIGNALS, s) is None, s
+    opened = [s for s in published if s["status"] == "open"]
+    assert opened and all(s["item_id"] == item and s["dc"] == "dc-uk" for s in opened)
+    first = opened[0]
+    assert first["source_dc"] == "dc-intl" and first["suggested_transfer_qty"] > 0
+    assert first["forecast"]["upper"] > first["on_hand"] == 10
+    assert first["region"] == "united-kingdom" and first["horizon_days"] == 2
+    # one signal, re-published at most once an hour of event time
+    assert len({s["signal_id"] for s in opened}) == 1
+    times = [s["event_time_ms"] for s in opened]
+    assert all(b - a >= 3_600_000 for a, b in zip(times, times[1:], strict=False))
+    reader = StockingReader(store, catalogue, settings)
+    listed = await reader.open_signals("dc-uk", None, 10)
+    assert [s["event_id"] for s in listed] == [opened[-1]["event_id"]]
+    assert await reader.open_signals("dc-intl", None, 10) == []
+    forecast = await reader.forecast(item, None, None)
+    assert forecast is not None
+    uk = next(r for r in forecast["regions"] if r["region"] == "united-kingdom")
+    assert uk["dc"] == "dc-uk" and uk["mean"] > 0 and uk["lower"] <= uk["mean"] <= uk["upper"]
+    centre = next(c for c in forecast["centres"] if c["dc"] == "dc-uk")
+    assert centre["on_hand"] == 10 and centre["open_signal"] == first["signal_id"]
+
+    # the restock: cleared at once, and no longer listed
+    await run(store, catalogue, settings, signal_records(catalogue, inputs, 25), broker)
+    cleared = signals(broker)[len(published):]
+    assert [s["status"] for s in cleared] == ["cleared"]
+    assert cleared[0]["signal_id"] == first["signal_id"]
+    assert await reader.open_signals(None, item, 10) == []
+
+
+async def test_resent_and_replayed_signals_publish_the_same_stocking_signals(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    _, inputs = scenario(settings)
+    records = signal_records(catalogue, inputs, 25)
+    one = Broker()
+    await run(store, catalogue, settings, records, one)
+    first = signals(one)
+    assert first
+    rows = await store.client.hgetall(store.shard(PRICE_SIGNALS, 0) + "st")
+    await run(store, catalogue, settings, records, one)                    # re-delivered
+    await run(store, catalogue, settings, records, one, start=10_000)      # re-sent
+    assert signals(one) == first
+    assert await store.client.hgetall(store.shard(PRICE_SIGNALS, 0) + "st") == rows
+    other = StateStore(store.client, store.namespace + "-replay")
+    two = Broker()
+    try:   # other input batches and stage batch sizes: the same signals, the same ids
+        await run(other, catalogue, settings, signal_records(catalogue, inputs, 7), two,
+                  batch=3)
+    finally:
+        await drop_namespace(other)
+    assert signals(two) == first
