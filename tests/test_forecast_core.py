@@ -39,10 +39,21 @@ def test_weekday_profile_and_zero_inside_the_interval_of_slow_sellers() -> None:
         for weekday in range(5):                             # never on weekends
             f.observe("a", "toys", "uk", MONDAY + (week * 7 + weekday) * MS_PER_DAY, 5)
         f.observe("slow", "toys", "uk", MONDAY + week * 7 * MS_PER_DAY, 1)
-    profile = f.profile("uk")
-    assert profile[5] == 0 and profile[6] == 0 and sum(profile) == pytest.approx(7)
     friday = MONDAY + (8 * 7 + 4) * MS_PER_DAY
+    assert f.profile("uk")[5:] == [0.0, 0.0]                  # the raw shares
+    profile = f.profile("uk", friday)     # with a day of the region's average on each weekday
+    assert 0 < profile[5] == profile[6] < 0.1 < 1.3 < profile[0]
+    assert sum(profile) == pytest.approx(7)
     weekend = f.forecast("a", "toys", "uk", friday, 2)       # Saturday and Sunday
-    assert weekend.mean == 0
+    weekdays = f.forecast("a", "toys", "uk", friday + 2 * MS_PER_DAY, 2)
+    assert weekend.median == 0 and weekend.mean < 0.1 * weekdays.mean
     slow = f.forecast("slow", "toys", "uk", friday - MS_PER_DAY, 1)   # Friday alone
     assert slow.low == 0 and slow.high > 0
+
+
+def test_a_region_new_to_the_engine_has_no_empty_weekdays() -> None:
+    f = Forecaster()
+    f.observe("a", "toys", "uk", MONDAY + 10 * 3_600_000, 5)        # its first sale, a Monday
+    f.observe("a", "toys", "uk", MONDAY + MS_PER_DAY, 5)
+    later = f.forecast("a", "toys", "uk", MONDAY + 2 * MS_PER_DAY, 2)   # Thursday and Friday
+    assert later.mean > 0.2 * f.forecast("a", "toys", "uk", MONDAY + 2 * MS_PER_DAY, 7).mean

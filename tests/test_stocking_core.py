@@ -178,3 +178,18 @@ def test_views_and_cart_adds_raise_the_short_horizon_forecast() -> None:
     # an item selling steadily at its interest's rate gets no extra
     steady = fc.forecast("mug", "kitchen", "uk", t, 1)
     assert steady.lead_units == 0.0
+
+
+def test_a_source_appearing_is_published_at_once() -> None:
+    fc = Forecaster()
+    t = _history(fc)
+    st = ItemStock(category="kitchen")
+    st.stock("dc-uk", 5, 0, t)
+    first = assess(fc, "mug", st, {"uk"}, "dc-uk", t, POLICY)
+    assert first is not None and first["source_dc"] is None
+    st.stock("dc-intl", 5000, 0, t + 1000)       # the surplus abroad becomes known
+    update = assess(fc, "mug", st, {"uk"}, "dc-uk", t + 1000, POLICY)
+    assert update is not None and update["source_dc"] == "dc-intl"
+    assert update["signal_id"] == first["signal_id"]
+    st.stock("dc-eu", 9000, 0, t + 2000)         # another source: rate-limited as usual
+    assert assess(fc, "mug", st, {"uk"}, "dc-uk", t + 2000, POLICY) is None

@@ -131,6 +131,8 @@ class ForecastParams:
     pool_days: float = 1.0
     #: the interval's central probability (0.9: the 5 % and 95 % quantiles)
     interval: float = 0.9
+    #: pseudo-days of the region's average day added to each weekday of its profile
+    profile_prior_days: float = 1.0
     #: leading indicators: how fast an item's views and cart adds are forgotten (0 = off)
     lead_half_life_hours: float = 12.0
 
@@ -240,13 +242,20 @@ class Forecaster:
         per_cart = ru / rc if rc > 0 else 0.0
         return max(per_view * v, per_cart * c) * self.lead_decay
 
-    def profile(self, region: str) -> list[float]:
-        """Weekday factors averaging 1 (flat until the region has sold something)."""
+    def profile(self, region: str, t: int | None = None) -> list[float]:
+        """Weekday factors averaging 1: each weekday's units plus ``profile_prior_days`` of the
+        region's average day (at ``t``), so a region that has sold on two weekdays so far does
+        not forecast nothing for the other five; flat until the region has sold something."""
         counts = self.weekdays.get(region)
         total = sum(counts) if counts else 0.0
         if not counts or total <= 0:
             return [1.0] * 7
-        return [7.0 * c / total for c in counts]
+        prior = 0.0
+        sums = self.series.get(("region", ALL, region))
+        if sums is not None and t is not None:
+            u, e = sums.at(t, self.decay)
+            prior = self.params.profile_prior_days * u / e if e > 0 else total / 7.0
+        return [7.0 * (c + prior) / (total + 7.0 * prior) for c in counts]
 
     def _rate(self, key: tuple[str, str, str], prior: float, t: int) -> tuple[float, float,
                                                                               float]:
@@ -265,7 +274,7 @@ class Forecaster:
         n_cat = max(self.members.get((category, region), 0), 1)
         cat_rate, _, _ = self._rate(("category", category, region), region_rate, t)
         rate, shape, exposure = self._rate(("item", item, region), cat_rate / n_cat, t)
-        profile = self.profile(region)
+        profile = self.profile(region, t)
         day0 = t // MS_PER_DAY
         whole = int(horizon_days)
         factor = sum(profile[_weekday((day0 + d) * MS_PER_DAY)] for d in range(1, whole + 1))

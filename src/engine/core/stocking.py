@@ -16,7 +16,9 @@ or cart add in one of its regions, or a stock level there):
 - **confidence** is the probability that demand over the lead time exceeds what is available.
 - **rate limit**: a centre's signal for an item is opened, or re-published with a new quantity or
   source, at most once per ``signal_interval`` of event time; a held change is made by the first
-  evaluation after it.
+  evaluation after it. One exception: a signal that had no source is re-published as soon as a
+  centre with surplus appears (stock levels and orders come on different topics, so the first
+  signal can precede the news of the surplus).
 - **cleared**: as soon as the centre covers the upper quantile again (stock arrived, or demand
   fell), the open signal is published once more with status ``cleared``. Clearing is not
   rate-limited (a stale alarm costs a planner's time); re-opening is, so a level hovering at the
@@ -166,7 +168,9 @@ def assess(fc: Forecaster, item: str, st: ItemStock, regions: Iterable[str], dc:
     if current is not None and current["suggested_transfer_qty"] == qty \
             and current["source_dc"] == source:
         return None                                   # nothing new to say
-    if t - st.published.get(dc, -policy.signal_interval_ms) < policy.signal_interval_ms:
+    found_source = current is not None and current["source_dc"] is None and source is not None
+    if t - st.published.get(dc, -policy.signal_interval_ms) < policy.signal_interval_ms \
+            and not found_source:
         return None                                   # rate-limited: the next evaluation says it
     sid = current["signal_id"] if current is not None else signal_id(item, dc, t)
     reason = (f"upper {policy.service_level:.0%} forecast over the {_fmt(lead)}-day lead time "

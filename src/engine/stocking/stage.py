@@ -154,11 +154,15 @@ class StockingStage:
                 dc = self.policy.centre(region).dc
             if dc is None:
                 continue
-            decided = assess(fc, item, st, regions[item], dc, t, self.policy)
-            if decided is not None:
+            # a stock level also changes which centre can be the source of the others' signals
+            centres = [dc, *sorted(set(st.open) - {dc})] if kind == "stock" else [dc]
+            for centre in centres:
+                decided = assess(fc, item, st, regions[item], centre, t, self.policy)
+                if decided is None:
+                    continue
                 body = orjson.dumps(decided)
-                published.append((dc.encode(), body, None))
-                field = open_field(item, dc)
+                published.append((centre.encode(), body, None))
+                field = open_field(item, centre)
                 if decided["status"] == "open":
                     ops.append(("hset", "sto", field, body.decode()))
                 else:
