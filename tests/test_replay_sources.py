@@ -350,3 +350,32 @@ def test_public_surface_is_pinned() -> None:
         "DERIVED_FIELDS", "Record", "ReplayStats", "SOURCES", "competitor_prices",
         "derive_catalog", "derive_region", "hammer", "merged", "online_retail", "open_source",
         "publish", "rees46", "source_names"]
+
+
+def test_derived_opening_stock_covers_the_first_week_and_precedes_the_orders(
+        validators: dict[str, Any]) -> None:
+    from engine.config import load_settings
+    from engine.replay.inventory import opening_stock
+    from engine.replay.run import build_records
+
+    settings = load_settings()
+    records = build_records(settings, ["online_retail"], limit=3000, inventory=True)
+    stock = [r for r in records if r.topic == "inventory"]
+    assert stock and stock == opening_stock(records, settings.regions)
+    first_order = min(r.event_time_ms for r in records if r.topic == "orders")
+    week = first_order + 7 * 86_400_000
+    sold: dict[tuple[str, str], int] = {}
+    first_sale: dict[str, int] = {}
+    for r in records:
+        if r.topic == "orders" and r.event["event_type"] == "purchase" and r.event_time_ms < week:
+            dc = settings.region(r.event["region"]).dc
+            for line in r.event["lines"]:
+                if line["quantity"] > 0 and line["unit_price"] > 0:
+                    key = (line["item_id"], dc)
+                    sold[key] = sold.get(key, 0) + line["quantity"]
+                    first_sale.setdefault(line["item_id"], r.event_time_ms)
+    assert {(r.event["item_id"], r.event["dc"]): r.event["on_hand"] for r in stock} == sold
+    for r in stock:
+        # just before the item's first sale (records are merged in event-time order)
+        assert r.key == r.event["item_id"] and r.event_time_ms == first_sale[r.key] - 1
+        assert validators["inventory"].is_valid(r.event) == (" " not in r.key)

@@ -119,13 +119,20 @@ def test_rate_limit_holds_updates_and_reopening_but_never_clearing() -> None:
     assert reopened["signal_id"] != first["signal_id"]
 
 
-def test_same_quantity_and_source_publishes_nothing_new() -> None:
+def test_small_changes_of_quantity_publish_nothing_new() -> None:
     fc = Forecaster()
     t = _history(fc)
     st = ItemStock(category="kitchen")
     st.stock("dc-uk", 5, 0, t)
-    assert assess(fc, "mug", st, {"uk"}, "dc-uk", t, POLICY) is not None
+    first = assess(fc, "mug", st, {"uk"}, "dc-uk", t, POLICY)
+    assert first is not None
     assert assess(fc, "mug", st, {"uk"}, "dc-uk", t + 2 * HOUR, POLICY) is None
+    fc.observe("mug", "kitchen", "uk", t + 3 * HOUR, 10)      # one more ordinary order
+    assert assess(fc, "mug", st, {"uk"}, "dc-uk", t + 3 * HOUR, POLICY) is None   # < 25 %
+    fc.observe("mug", "kitchen", "uk", t + 4 * HOUR, 400)     # a wholesale order
+    update = assess(fc, "mug", st, {"uk"}, "dc-uk", t + 4 * HOUR, POLICY)
+    assert update is not None and update["suggested_transfer_qty"] > 1.25 * first[
+        "suggested_transfer_qty"]
 
 
 def test_older_stock_level_is_ignored() -> None:

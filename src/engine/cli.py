@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from engine.config import Settings, load_settings
 from engine.contracts import Catalogue, load_catalogue
@@ -123,6 +124,16 @@ def _parser() -> argparse.ArgumentParser:
     forecast.add_argument("--json", action="store_true", help="print one JSON object")
     forecast.set_defaults(handler=_evaluate_forecast)
 
+    leading = evaluate.add_parser("leading", help="do views and cart adds improve the demand "
+                                  "forecasts of the next minutes? rolling origin on the REES46 "
+                                  "clickstream (item x region)")
+    leading.add_argument("--data", type=Path, default=None,
+                         help="REES46-format CSV(.gz) (default: the shared REES46 slice)")
+    leading.add_argument("--horizon-minutes", type=int, default=30,
+                         help="minutes ahead (default 30)")
+    leading.add_argument("--json", action="store_true", help="print one JSON object")
+    leading.set_defaults(handler=_evaluate_leading)
+
     returns = evaluate.add_parser("returns", help="returning customers (BG/NBD) on the CDNOW "
                                   "purchases: 39 weeks to learn, 39 to test, against the naive "
                                   "rate")
@@ -143,6 +154,22 @@ def _parser() -> argparse.ArgumentParser:
     follow.add_argument("--limit", type=int, default=None, help="stop after N changes")
     follow.add_argument("--json", action="store_true", help="print each change as JSON")
     follow.set_defaults(handler=_prices_follow)
+
+    stocking = sub.add_parser("stocking", help="anticipatory stocking: open signals, the "
+                              "returning-customer model").add_subparsers(
+        title="what", required=True, metavar="WHAT")
+    open_signals = stocking.add_parser("signals", help="print the open stocking signals, most "
+                                       "confident first")
+    open_signals.add_argument("--dc", default=None, help="only this distribution centre")
+    open_signals.add_argument("--item", default=None, help="only this item")
+    open_signals.add_argument("--limit", type=int, default=50, help="at most N signals")
+    open_signals.add_argument("--json", action="store_true", help="print each signal as JSON")
+    open_signals.set_defaults(handler=_stocking_signals)
+    refit = stocking.add_parser("fit-returns", help="fit the returning-customer model (BG/NBD) "
+                                "on the engine's customers and total their expected purchases "
+                                "by region; the API uses it from then on (run it daily)")
+    refit.add_argument("--json", action="store_true", help="print one JSON object")
+    refit.set_defaults(handler=_stocking_fit_returns)
 
     topics = sub.add_parser("topics", help="create the catalogue's topics (idempotent)")
     topics.set_defaults(handler=_topics)
@@ -268,6 +295,25 @@ def _evaluate_forecast(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _evaluate_leading(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from engine.stocking.leading_eval import as_json, evaluate, render
+
+    if not 1 <= args.horizon_minutes <= 120:
+        raise EngineError(f"--horizon-minutes must be 1-120, got {args.horizon_minutes}")
+    path = args.data or (settings.replay.datasets_path / "rees46"
+                         / "events_2019-10-01_first17k.csv.gz")
+    if not Path(path).is_file():
+        raise EngineError(f"--data {path}: no such file")
+    try:
+        result = evaluate(settings, Path(path), horizon_minutes=args.horizon_minutes)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    print(orjson.dumps(as_json(result)).decode() if args.json else render(result))
+    return 0
+
+
 def _evaluate_returns(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
@@ -288,6 +334,53 @@ def _prices_follow(args: argparse.Namespace, settings: Settings) -> int:
         raise EngineError("kafka.url is not set (ENGINE_KAFKA_URL); `engine up` prints it")
     return follow(settings, item=args.item, category=args.category,
                   from_beginning=args.from_beginning, as_json=args.json, limit=args.limit)
+
+
+def _stocking_signals(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    import orjson
+
+    from engine.stocking.query import StockingReader, describe_signal
+    from engine.store import StateStore
+
+    if not settings.redis.url:
+        raise EngineError("redis.url is empty: set ENGINE_REDIS_URL (`engine up` prints it)")
+
+    async def run() -> list[dict[str, Any]]:
+        store = StateStore.open(settings.redis)
+        try:
+            return await StockingReader(store, load_catalogue(), settings).open_signals(
+                args.dc, args.item, args.limit)
+        finally:
+            await store.close()
+
+    for signal in asyncio.run(run()):
+        print(orjson.dumps(signal).decode() if args.json else describe_signal(signal))
+    return 0
+
+
+def _stocking_fit_returns(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    import orjson
+
+    from engine.stocking.query import StockingReader, describe_fit
+    from engine.store import StateStore
+
+    if not settings.redis.url:
+        raise EngineError("redis.url is empty: set ENGINE_REDIS_URL (`engine up` prints it)")
+
+    async def run() -> dict[str, Any]:
+        store = StateStore.open(settings.redis)
+        try:
+            return await StockingReader(store, load_catalogue(), settings).fit_returns()
+        finally:
+            await store.close()
+
+    result = asyncio.run(run())
+    print(orjson.dumps(result).decode() if args.json else describe_fit(result))
+    return 0
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:

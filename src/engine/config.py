@@ -216,6 +216,7 @@ class StockingSettings:
     service_level: float
     cover_days: float
     signal_interval_minutes: float
+    update_change: float
     half_life_days: float
     pool_days: float
     interval: float
@@ -426,7 +427,8 @@ def _check(s: Settings) -> None:
 
 
 def _check_stocking(k: StockingSettings) -> None:
-    for key in ("cover_days", "signal_interval_minutes", "lead_half_life_hours"):
+    for key in ("cover_days", "signal_interval_minutes", "lead_half_life_hours",
+                "update_change"):
         if getattr(k, key) < 0:
             raise ConfigError(f"stocking.{key} must not be negative, got {getattr(k, key)}")
     for key in ("half_life_days", "pool_days", "return_horizon_days"):

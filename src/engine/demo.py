@@ -30,6 +30,7 @@ from engine.pricing.query import PriceReader
 from engine.replay.publish import publish
 from engine.replay.run import build_records
 from engine.stack import Stack, embedded_stack, say
+from engine.stocking.query import StockingReader, describe_fit, describe_signal
 from engine.store import StateStore
 from engine.views import event_to_state_latency, item_activity, pipeline_stats
 from engine.worker.app import item_stages_enabled
@@ -66,7 +67,7 @@ async def _replay_and_measure(stack: Stack, sources: Sequence[str], limit: int |
         return supervisor.wait(timeout=0.001) is not None
 
     try:
-        records = build_records(settings, sources, limit=limit)
+        records = build_records(settings, sources, limit=limit, inventory=True)
         tail = min(LIVE_TAIL_EVENTS, len(records) // 3)
         backfill, live = records[: len(records) - tail], records[len(records) - tail:]
         say(f"phase 1/2: backfill {len(backfill):,} real events (+ catalogue) as fast as possible")
@@ -180,6 +181,13 @@ async def _sample(store: StateStore, catalogue: Catalogue, settings: Settings
         reader = PriceReader(store, catalogue, settings.pricing)
         history = await reader.history(top[0][0], 1)
         sample["top_item_price"] = history[0] if history else None
+    if settings.stocking.enabled:
+        counts = await store.merged_counts(spec.name, spec.partitions, "ststats")
+        stocking = StockingReader(store, catalogue, settings)
+        sample["stocking"] = {
+            "published": {k: int(counts.get(k, 0)) for k in ("open", "cleared")},
+            "open": await stocking.open_signals(None, None, 5),
+            "returns": await stocking.fit_returns()}
     return sample
 
 
@@ -243,6 +251,16 @@ def render(s: dict[str, Any]) -> str:
                   "pricing stage may still be working on the newest signals)"]
         if sample.get("top_item_price"):
             lines.append(f"  top item's last change: {describe(sample['top_item_price'])}")
+    if "stocking" in sample:
+        k = sample["stocking"]
+        lines += ["", f"stocking: {k['published']['open']:,} signals opened or updated, "
+                  f"{k['published']['cleared']:,} cleared (opening stock is DERIVED: a week of "
+                  "the first orders); the most confident open ones:"]
+        lines += [f"  {describe_signal(signal)}" for signal in k["open"]] or ["  (none open)"]
+        fit = k["returns"]
+        if fit.get("customers"):
+            lines += ["", "returning customers (BG/NBD fitted on the replayed orders):"]
+            lines += [f"  {line}" for line in describe_fit(fit).splitlines()[:8]]
     lines += ["", f"logs: {s['logs']}"]
     return "\n".join(lines)
 

@@ -36,6 +36,7 @@ same.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -161,20 +162,20 @@ class Forecaster:
     params: ForecastParams = field(default_factory=ForecastParams)
     #: (level, key, region) -> sums; level "item", "category" or "region"
     series: dict[tuple[str, str, str], Sums] = field(default_factory=dict)
-    #: (category, region) -> how many items have a series there (the parent's rate is
-    #: shared among them)
+    #: (category, region) -> how many items have a series there; (ALL, region) -> how many
+    #: categories (a parent's rate is shared among its children)
     members: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: region -> units per weekday (forgotten like the sums)
+    #: region -> units sold on each weekday (cumulative: the profile is a long-run shape)
     weekdays: dict[str, list[float]] = field(default_factory=dict)
     #: (item, region) -> short-memory views and cart adds; (ALL, region) -> the region's views,
     #: cart adds and units with long memory (units per view and per cart add)
     interest: dict[tuple[str, str], Interest] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def decay(self) -> float:
         return math.log(2) / self.params.half_life_days
 
-    @property
+    @functools.cached_property
     def lead_decay(self) -> float:
         h = self.params.lead_half_life_hours
         return math.log(2) / (h / 24.0) if h > 0 else 0.0
@@ -193,9 +194,9 @@ class Forecaster:
                 # exposure of its parent (an item first sold today is not a fast seller)
                 parent = self.series.get(("region", ALL, region))
                 sums = self.series[key] = Sums(e=parent.e, t=parent.t) if parent else Sums()
-                if key[0] == "item":
-                    self.members[(category, region)] = self.members.get((category, region),
-                                                                        0) + 1
+                if key[0] != "region":   # count the items of a category, the categories
+                    parent_key = (category, region) if key[0] == "item" else (ALL, region)
+                    self.members[parent_key] = self.members.get(parent_key, 0) + 1
             sums.advance(t, self.decay)
             if units > 0:
                 sums.add(units)
@@ -271,8 +272,11 @@ class Forecaster:
         """Units expected in the ``horizon_days`` days after ``t`` (whole days from the day
         after ``t``'s; a fraction of a day counts from ``t`` itself), with an interval."""
         region_rate, _, _ = self._rate(("region", ALL, region), 0.0, t)
+        # a parent's rate is shared among its children: the region's among its categories,
+        # a category's among its items
+        n_cats = max(self.members.get((ALL, region), 0), 1)
         n_cat = max(self.members.get((category, region), 0), 1)
-        cat_rate, _, _ = self._rate(("category", category, region), region_rate, t)
+        cat_rate, _, _ = self._rate(("category", category, region), region_rate / n_cats, t)
         rate, shape, exposure = self._rate(("item", item, region), cat_rate / n_cat, t)
         profile = self.profile(region, t)
         day0 = t // MS_PER_DAY

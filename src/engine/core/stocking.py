@@ -14,8 +14,9 @@ or cart add in one of its regions, or a stock level there):
   same target), and the quantity is capped at that surplus. With no surplus anywhere the signal
   says so (``source_dc`` null: replenish from the supplier).
 - **confidence** is the probability that demand over the lead time exceeds what is available.
-- **rate limit**: a centre's signal for an item is opened, or re-published with a new quantity or
-  source, at most once per ``signal_interval`` of event time; a held change is made by the first
+- **rate limit**: a centre's signal for an item is opened, or re-published with a new source or a
+  quantity that moved by more than ``update_change``, at most once per ``signal_interval`` of
+  event time; a held change is made by the first
   evaluation after it. One exception: a signal that had no source is re-published as soon as a
   centre with surplus appears (stock levels and orders come on different topics, so the first
   signal can precede the news of the surplus).
@@ -63,6 +64,9 @@ class StockingPolicy:
     service_level: float = 0.95
     cover_days: float = 7.0
     signal_interval_ms: int = 3_600_000
+    #: an open signal is re-published only when its quantity moves by more than this fraction
+    #: (or its source changes)
+    update_change: float = 0.25
     model_version: str = "stocking-gp/1"
 
     def centre(self, region: str) -> Centre:
@@ -165,9 +169,10 @@ def assess(fc: Forecaster, item: str, st: ItemStock, regions: Iterable[str], dc:
     wanted = max(target - available, 1)
     source, spare = _source(fc, item, st, regions, dc, t, policy)
     qty = min(wanted, spare) if source is not None else wanted
-    if current is not None and current["suggested_transfer_qty"] == qty \
-            and current["source_dc"] == source:
-        return None                                   # nothing new to say
+    if current is not None and current["source_dc"] == source and abs(
+            qty - current["suggested_transfer_qty"]) <= policy.update_change * max(
+            current["suggested_transfer_qty"], 1):
+        return None                                   # nothing new enough to say
     found_source = current is not None and current["source_dc"] is None and source is not None
     if t - st.published.get(dc, -policy.signal_interval_ms) < policy.signal_interval_ms \
             and not found_source:
@@ -283,6 +288,7 @@ def load_parents(fc: Forecaster, category: str, region: str,
         fc.members[(category, region)] = int(cat_row["n"])
     if region_row:
         fc.series[("region", ALL, region)] = Sums.load(region_row["s"])
+        fc.members[(ALL, region)] = int(region_row["n"])
         fc.weekdays[region] = list(region_row["w"])
         fc.interest[(ALL, region)] = Interest.load(region_row["i"])
 
@@ -293,5 +299,6 @@ def parent_rows(fc: Forecaster, category: str, region: str
     reg = fc.series.get(("region", ALL, region))
     interest = fc.interest.get((ALL, region)) or Interest()
     return ({"s": cat.dump(), "n": fc.members.get((category, region), 0)} if cat else None,
-            {"s": reg.dump(), "w": fc.weekdays.get(region, [0.0] * 7),
+            {"s": reg.dump(), "n": fc.members.get((ALL, region), 0),
+             "w": fc.weekdays.get(region, [0.0] * 7),
              "i": interest.dump()} if reg else None)

@@ -56,6 +56,9 @@ DERIVED_FIELDS: dict[str, str] = {
     "currency (rees46)": "USD, assumed: REES46 states no currency",
     "currency (competitor_prices)": "BRL, assumed: the Kaggle set is derived from the "
                                     "Brazilian Olist data; its currency is not stated",
+    "inventory (demo)": "opening stock per item x centre = the units its regions bought in the "
+                        "replayed orders' first 7 days (engine demo only; no data set reports "
+                        "stock; nothing replenishes it)",
     "region (online_retail)": "the Country slugged: lower case, spaces -> hyphens "
                               "('United Kingdom' -> 'united-kingdom')",
     "event_time_ms (online_retail)": "InvoiceDate read as UTC: the data set gives no time zone",

@@ -6,18 +6,24 @@ from collections.abc import Sequence
 
 from engine.config import Settings
 from engine.replay.catalog import derive_catalog
+from engine.replay.inventory import opening_stock
 from engine.replay.publish import ReplayStats, publish
 from engine.replay.sources import Record, merged, open_source, source_names
 
 
 def build_records(settings: Settings, sources: Sequence[str], *, limit: int | None = None,
-                  catalog: bool = True) -> list[Record]:
+                  catalog: bool = True, inventory: bool = False) -> list[Record]:
+    """The replay's records in event-time order: the derived catalogue first, the data sets,
+    and with ``inventory`` the derived opening stock (``replay.inventory``)."""
     names = source_names(list(sources))
     root = settings.replay.datasets_path
     streams = [open_source(n, root, regions=settings.replay.rees46_regions, limit=limit)
                for n in names]
     catalogue = derive_catalog(root, names) if catalog else []
-    return list(merged(catalogue, *streams))
+    records = list(merged(catalogue, *streams))
+    if inventory:
+        records = list(merged(opening_stock(records, settings.regions), records))
+    return records
 
 
 def replay_datasets(settings: Settings, sources: Sequence[str], *, limit: int | None = None,

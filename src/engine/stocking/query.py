@@ -220,3 +220,29 @@ def _glob(text: str) -> str:
 
 def _r(x: float) -> float:
     return round(x, 4) if math.isfinite(x) else 0.0
+
+
+def describe_signal(s: dict[str, Any]) -> str:
+    """One readable line per signal (``engine stocking signals``, the demo)."""
+    f = s["forecast"]
+    source = f"from {s['source_dc']}" if s.get("source_dc") else "from the supplier"
+    return (f"{s['status']:<7} {s['dc']:<10} {s['item_id']:<14} "
+            f"move {s['suggested_transfer_qty']:>6,} {source:<18} "
+            f"need {f['upper']:>8,.1f} over {s['horizon_days']:g} d "
+            f"(mean {f['mean']:,.1f}) vs {s['on_hand'] + s.get('in_transit', 0):,} available, "
+            f"confidence {s.get('confidence', 0):.2f}")
+
+
+def describe_fit(result: dict[str, Any]) -> str:
+    if not result.get("customers"):
+        return "no customers with a purchase yet: nothing to fit"
+    r, alpha, a, b = result["params"]
+    lines = [f"BG/NBD fitted on {result['customers']:,} customers: r {r}, alpha {alpha} weeks, "
+             f"a {a}, b {b}",
+             f"{'region':<24}{'customers':>10}{'next 7 d':>12}{'next 30 d':>12}"]
+    for region, totals in sorted(result["regions"].items(),
+                                 key=lambda kv: (-kv[1]["customers"], kv[0])):
+        lines.append(f"{region:<24}{int(totals['customers']):>10,}"
+                     f"{totals['expected_purchases_7d']:>12,.1f}"
+                     f"{totals['expected_purchases_30d']:>12,.1f}")
+    return "\n".join(lines)

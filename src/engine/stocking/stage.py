@@ -62,7 +62,7 @@ def stocking_policy(settings: Settings) -> StockingPolicy:
         centres={name: Centre(r.dc, r.lead_time_days) for name, r in settings.regions.items()},
         service_level=s.service_level, cover_days=s.cover_days,
         signal_interval_ms=round(s.signal_interval_minutes * 60_000),
-        model_version=s.model_version)
+        update_change=s.update_change, model_version=s.model_version)
 
 
 def open_field(item: str, dc: str) -> str:
