@@ -140,3 +140,53 @@ async def test_resent_and_replayed_signals_publish_the_same_stocking_signals(
     finally:
         await drop_namespace(other)
     assert signals(two) == first
+
+
+async def test_customers_fit_and_return_forecasts_from_real_invoices(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    """Real invoices through the input path (op custbuy) -> each customer's statistics, the
+    BG/NBD fit over them with regional totals, and one customer's return forecast."""
+    import orjson
+
+    records = build_records(settings, ["online_retail"], limit=6000, catalog=False)
+    orders = [r for r in records if r.topic == "orders"]
+    processor = BatchProcessor(store, Validator(catalogue, settings.validation),
+                               _letters_ok, core=decision_core(settings))
+    by_partition: dict[int, list[RawRecord]] = {}
+    for r in orders:          # where Kafka's default partitioner puts each customer's orders
+        p = catalogue.partition_of("orders", r.key)
+        rows = by_partition.setdefault(p, [])
+        rows.append(RawRecord(p, len(rows), r.event_time_ms, r.key.encode(),
+                              orjson.dumps(r.event)))
+    await processor.load_watermarks([("orders", p) for p in by_partition])
+    for rows in by_partition.values():
+        for k in range(0, len(rows), 200):
+            await processor.process("orders", rows[k:k + 200])
+    reader = StockingReader(store, catalogue, settings)
+    fitted = await reader.fit_returns()
+    assert fitted["customers"] > 500 and all(v > 0 for v in fitted["params"])
+    uk = fitted["regions"]["united-kingdom"]
+    last_uk = max(r.event_time_ms for r in orders if r.event["region"] == "united-kingdom"
+                  and r.event["event_type"] == "purchase")
+    assert uk["as_of_ms"] <= last_uk and uk["expected_purchases_7d"] > 0
+    assert uk["expected_purchases_30d"] > uk["expected_purchases_7d"]
+    buys: dict[str, set[int]] = {}
+    for r in orders:
+        if r.event["event_type"] == "purchase" and r.event.get("user_id"):
+            buys.setdefault(r.event["user_id"], set()).add(r.event_time_ms // 86_400_000)
+    loyal = max(sorted(buys), key=lambda u: len(buys[u]))
+    answer = await reader.return_forecast(loyal, 30)
+    assert answer is not None and answer["model"]["source"] == "fit"
+    assert answer["repeat_transactions"] >= 2
+    assert 0 < answer["p_buy_within_horizon"] <= answer["p_alive"] <= 1
+    assert answer["expected_days_to_next_purchase"] > 0
+    assert await reader.return_forecast("nobody-at-all", 30) is None
+
+
+async def _letters_ok(topic: str, record: RawRecord, rejection: Any) -> Any:
+    """Real invoices have defects the contracts dead-letter (zero prices, ...): accept them."""
+    import asyncio
+
+    done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done

@@ -148,8 +148,12 @@ class StockingReader:
             return None
         row, clock = found[0]
         customer = Customer(int(row["first"]), int(row["last"]), int(row["x"]))
-        now = max(int(float(clock)) if clock else 0, customer.last_ms)
         model, meta = await self.model()
+        # "now" in event time: the customer's region's clock as of the last fit (the latest
+        # purchase there), else the shard's; never before the customer's own last purchase
+        region_clock = meta.get("regions", {}).get(row.get("region", ""), {}).get("as_of_ms")
+        now = max(int(region_clock if region_clock is not None
+                      else float(clock) if clock else 0), customer.last_ms)
         x, t_x, big_t = customer.weeks(now)
         h = horizon_days / 7.0
         wait = model.expected_wait(x, big_t)
@@ -173,11 +177,8 @@ class StockingReader:
         event-time clock) and total their expected purchases by region; stored for the API."""
         partitions = self.catalogue.topics[ORDERS].partitions
         customers: list[tuple[str, Customer]] = []
-        clock = 0
         for p in range(partitions):
             shard = self.store.shard(ORDERS, p)
-            t = await self.store.client.hget(shard + "stats", "event_time_max")
-            clock = max(clock, int(float(t)) if t else 0)
             keys = [k async for k in self.store.client.scan_iter(match=_glob(shard) + "cust:*",
                                                                  count=1000)]
             for start in range(0, len(keys), 500):
@@ -191,26 +192,33 @@ class StockingReader:
                                                    int(row["x"]))))
         if not customers:
             return {"customers": 0}
-        stats = [c.weeks(clock) for _, c in customers]
+        # each region's clock is its latest purchase: regions fed by different sources (or time
+        # zones of the business) need not share one event-time "now"
+        clocks: dict[str, int] = {}
+        for region, c in customers:
+            clocks[region] = max(clocks.get(region, 0), c.last_ms)
+        stats = [c.weeks(clocks[region]) for region, c in customers]
         model = fit(stats, start=BGNBD(*self.settings.stocking.return_params))
         by_region: dict[str, dict[str, float]] = {}
         for (region, _), (x, t_x, big_t) in zip(customers, stats, strict=True):
-            totals = by_region.setdefault(region or "unknown", {"customers": 0})
+            totals = by_region.setdefault(region, {"customers": 0, "as_of_ms": clocks[region]})
             totals["customers"] += 1
             for h in REGION_HORIZONS:
                 name = f"expected_purchases_{h}d"
                 totals[name] = totals.get(name, 0.0) + model.expected_purchases(
                     h / 7.0, x, t_x, big_t)
         result = {"params": list(_params(model)), "source": "fit", "customers": len(customers),
-                  "as_of_ms": clock, "fitted_at_ms": int(time.time() * 1000),
-                  "regions": {r: {k: _r(v) for k, v in totals.items()}
+                  "fitted_at_ms": int(time.time() * 1000),
+                  "regions": {r: {k: v if k in ("customers", "as_of_ms") else _r(v)
+                                  for k, v in totals.items()}
                               for r, totals in sorted(by_region.items())}}
         await self.store.client.set(self.store.key(RETURNS_MODEL_KEY), orjson.dumps(result))
         return result
 
 
 def _params(model: BGNBD) -> Sequence[float]:
-    return (_r(model.r), _r(model.alpha), _r(model.a), _r(model.b))
+    """Six significant digits (a shape parameter can be small; it must never round to 0)."""
+    return tuple(float(f"{v:.6g}") for v in (model.r, model.alpha, model.a, model.b))
 
 
 def _glob(text: str) -> str:

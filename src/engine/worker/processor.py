@@ -56,6 +56,7 @@ class Stage(Protocol):
     at the start of the batch and returns extra ops per offset. It must process events in
     offset order with its own in-memory overlay, so its result does not depend on where batch
     boundaries fall, and it must read nothing it will not write back under the same watermark.
+    The stages of a batch run concurrently, so each must read and write keys of its own.
     """
 
     async def ops(self, store: StateStore, topic: str, partition: int,
@@ -185,9 +186,12 @@ class BatchProcessor:
         skipped = 0
         while True:
             extra: dict[int, list[Op]] = {}
-            for stage in self.stages:
-                for offset, ops in (await stage.ops(self.store, topic, partition,
-                                                    valid)).items():
+            # the stages write disjoint keys: they run concurrently, so that their Redis reads
+            # and broker acks overlap, and their ops are merged in stage order (deterministic)
+            computed = await asyncio.gather(*(stage.ops(self.store, topic, partition, valid)
+                                              for stage in self.stages))
+            for stage_ops in computed:
+                for offset, ops in stage_ops.items():
                     extra.setdefault(offset, []).extend(ops)
             full = [(offset, ops + extra.get(offset, [])) for offset, ops in batch]
             result = await self._apply_or_isolate(topic, partition, full, records)
