@@ -19,7 +19,7 @@ import orjson
 from engine.config import Settings
 from engine.contracts import Catalogue
 from engine.core.compose import PRICE_SIGNALS
-from engine.core.forecast import Forecaster
+from engine.core.forecast import ALL, Forecaster
 from engine.core.returns import BGNBD, Customer, fit
 from engine.core.stocking import centre_demand, load_item, load_parents, parent_fields
 from engine.stocking.stage import forecast_params, stocking_policy
@@ -86,14 +86,26 @@ class StockingReader:
             cat_row, region_row = parents[2 * n], parents[2 * n + 1]
             load_parents(fc, st.category, r, (orjson.loads(cat_row) if cat_row else None,
                                               orjson.loads(region_row) if region_row else None))
-        t = int(clock) if clock is not None else 0
+        shard_clock = int(float(clock)) if clock is not None else 0
+
+        def now(regions: Sequence[str]) -> int:
+            """Event-time "now" of regions: their latest event in this shard (the shard's
+            clock for a region it has no series of). Regions need not share one clock: the
+            demo replays data sets years apart."""
+            times = [sums.t for r in regions
+                     if (sums := fc.series.get(("region", ALL, r))) is not None
+                     and sums.t is not None]
+            return max(times) if times else shard_clock
+
         per_region = []
         for r in asked:
             centre = self.policy.centre(r)
             h = horizon_days if horizon_days is not None else centre.lead_time_days
+            t = now([r])
             f = fc.forecast(item, st.category, r, t, h)
             per_region.append({
-                "region": r, "dc": centre.dc, "horizon_days": h, "mean": _r(f.mean),
+                "region": r, "as_of_ms": t, "dc": centre.dc, "horizon_days": h,
+                "mean": _r(f.mean),
                 "median": _r(f.median), "lower": _r(f.low), "upper": _r(f.high),
                 "p_no_order": _r(f.p_none), "from_interest": _r(f.lead_units),
                 "daily_rate": {"item": _r(f.rates[0]), "category_share": _r(f.rates[1]),
@@ -106,7 +118,17 @@ class StockingReader:
             if lead is None:
                 lead = next((c.lead_time_days for c in self.policy.centres.values()
                              if c.dc == dc), self.policy.centre("default").lead_time_days)
-            d = centre_demand(fc, item, st.category, regions, dc, self.policy, t, lead)
+            served = [r for r in regions if self.policy.centre(r).dc == dc]
+            if served:   # the parents of regions not asked for
+                names = [n for r in served for n in parent_fields(st.category, r)]
+                more = await self.store.client.hmget(shard + "stp", names)
+                for n, r in enumerate(served):
+                    if ("region", ALL, r) not in fc.series:
+                        load_parents(fc, st.category, r, (
+                            orjson.loads(more[2 * n]) if more[2 * n] else None,
+                            orjson.loads(more[2 * n + 1]) if more[2 * n + 1] else None))
+            d = centre_demand(fc, item, st.category, regions, dc, self.policy,
+                              now(served), lead)
             held = st.inventory.get(dc)
             centres.append({
                 "dc": dc, "lead_time_days": lead, "regions": list(d.regions),
@@ -115,7 +137,7 @@ class StockingReader:
                 "on_hand": held[0] if held else None, "in_transit": held[1] if held else None,
                 "stock_event_time_ms": held[2] if held else None,
                 "open_signal": st.open.get(dc, {}).get("signal_id")})
-        return {"item_id": item, "category": st.category or None, "as_of_ms": t,
+        return {"item_id": item, "category": st.category or None,
                 "interval": self.params.interval, "regions": per_region, "centres": centres,
                 "model_version": self.settings.stocking.model_version}
 
