@@ -57,3 +57,16 @@ def test_a_region_new_to_the_engine_has_no_empty_weekdays() -> None:
     f.observe("a", "toys", "uk", MONDAY + MS_PER_DAY, 5)
     later = f.forecast("a", "toys", "uk", MONDAY + 2 * MS_PER_DAY, 2)   # Thursday and Friday
     assert later.mean > 0.2 * f.forecast("a", "toys", "uk", MONDAY + 2 * MS_PER_DAY, 7).mean
+
+
+def test_an_item_named_later_moves_to_its_category() -> None:
+    """Orders before the catalogue record count under "" until it names the category: then
+    the item's membership moves, and the new category's rate is shared among its own items."""
+    f = Forecaster()
+    f.observe("x", "", "north", MONDAY, 3)
+    f.observe("y", "shoes", "north", MONDAY, 3)
+    f.recategorise("x", "", "shoes", {"north"})
+    assert f.members[("", "north")] == 0 and f.members[("shoes", "north")] == 2
+    assert f.members[("*", "north")] == 2          # "" and shoes: categories counted once
+    f.recategorise("y", "shoes", "boots", {"north"})
+    assert f.members[("boots", "north")] == 1 and f.members[("*", "north")] == 3

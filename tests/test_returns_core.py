@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -53,3 +54,18 @@ def test_fit_recovers_the_parameters_of_simulated_customers() -> None:
     assert got.alpha == pytest.approx(truth.alpha, rel=0.35)
     assert got.a == pytest.approx(truth.a, rel=0.5) and got.b == pytest.approx(truth.b, rel=0.5)
     assert MS_PER_WEEK == 7 * DAY
+
+
+def test_busy_and_long_silent_customers_stay_finite() -> None:
+    """Hundreds of repeat purchases (a wholesale customer) over horizons of years: the odds of
+    having left are taken in logs and the series is Euler-transformed, so nothing overflows."""
+    model = BGNBD(0.25, 4.77, 0.75, 2.22)
+    silent = model.p_alive(400, 60.0, 530.0)            # busy, then nine years of silence
+    assert 0.0 <= silent < 1e-100
+    busy = model.expected_purchases(522.9, 500, 150.0, 150.0)   # ten years ahead
+    assert math.isfinite(busy) and 400 < busy < 2000
+    assert math.isfinite(model.expected_purchases(522.9, 1000, 150.0, 150.0))
+    # the paper's example (its fitted parameters): x = 2, t_x = 30.43, T = 38.86 weeks expects
+    # 1.226 purchases in the next 39 weeks
+    published = BGNBD(0.243, 4.414, 0.793, 2.426)
+    assert published.expected_purchases(39, 2, 30.43, 38.86) == pytest.approx(1.226, abs=0.002)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from engine.config import Settings
@@ -146,8 +147,6 @@ async def test_customers_fit_and_return_forecasts_from_real_invoices(
         store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
     """Real invoices through the input path (op custbuy) -> each customer's statistics, the
     BG/NBD fit over them with regional totals, and one customer's return forecast."""
-    import orjson
-
     records = build_records(settings, ["online_retail"], limit=6000, catalog=False)
     orders = [r for r in records if r.topic == "orders"]
     processor = BatchProcessor(store, Validator(catalogue, settings.validation),
@@ -190,3 +189,29 @@ async def _letters_ok(topic: str, record: RawRecord, rejection: Any) -> Any:
     done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     done.set_result(None)
     return done
+
+
+async def test_signals_the_schema_passes_but_stocking_cannot_use_are_counted_not_fatal(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    """The price-signals schema leaves per-kind fields to the stages: a stock level without its
+    centre is skipped with a reason (the partition goes on), and the next signals still count."""
+    t = 1_600_000_000_000
+    sent = [
+        {"event_id": "s1", "event_time_ms": t, "item_id": "I1", "kind": "stock", "on_hand": 5},
+        {"event_id": "s2", "event_time_ms": t, "item_id": "I1", "kind": "stock", "dc": "dc-uk"},
+        {"event_id": "s3", "event_time_ms": t, "item_id": "I1", "kind": "purchase",
+         "quantity": 4, "price": 2.5, "region": "united-kingdom"},
+        {"event_id": "s4", "event_time_ms": t + 1, "item_id": "I1", "kind": "stock",
+         "dc": "dc-uk", "on_hand": 0},
+    ]
+    raw = orjson.dumps({"event_id": "r1", "event_time_ms": t + 1, "signals": sent})
+    validator = Validator(catalogue, settings.validation)
+    assert isinstance(validator.check(PRICE_SIGNALS, raw), dict)   # the schema lets it in
+    broker = Broker()
+    partition = catalogue.partition_of(PRICE_SIGNALS, "I1")
+    await run(store, catalogue, settings, {partition: [raw]}, broker)
+    shard = store.shard(PRICE_SIGNALS, partition)
+    stats = await store.client.hgetall(shard + "ststats")
+    assert stats["malformed_signal"] == "2"
+    opened = [s for s in signals(broker) if s["status"] == "open"]
+    assert [s["item_id"] for s in opened] == ["I1"] and opened[0]["on_hand"] == 0

@@ -162,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "confident first")
     open_signals.add_argument("--dc", default=None, help="only this distribution centre")
     open_signals.add_argument("--item", default=None, help="only this item")
-    open_signals.add_argument("--limit", type=int, default=50, help="at most N signals")
+    open_signals.add_argument("--limit", type=_positive_int, default=50,
+                              help="at most N signals (1 or more)")
     open_signals.add_argument("--json", action="store_true", help="print each signal as JSON")
     open_signals.set_defaults(handler=_stocking_signals)
     refit = stocking.add_parser("fit-returns", help="fit the returning-customer model (BG/NBD) "
@@ -334,6 +335,16 @@ def _prices_follow(args: argparse.Namespace, settings: Settings) -> int:
         raise EngineError("kafka.url is not set (ENGINE_KAFKA_URL); `engine up` prints it")
     return follow(settings, item=args.item, category=args.category,
                   from_beginning=args.from_beginning, as_json=args.json, limit=args.limit)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _stocking_signals(args: argparse.Namespace, settings: Settings) -> int:

@@ -58,8 +58,9 @@ class StockingRoutes:
             region: str | None = Query(None, min_length=1, max_length=128, pattern=ID_PATTERN,
                                        description="one region (default: every region the "
                                        "item has demand in)"),
-            horizon: float | None = Query(None, gt=0, le=366, description="days ahead "
-                                          "(default: the region's centre's lead time)")
+            horizon: float | None = Query(None, ge=1 / 24, le=366, description="days ahead, "
+                                          "from an hour (1/24) to 366 (default: the region's "
+                                          "centre's lead time)")
     ) -> dict[str, Any]:
         found = await self.reader.forecast(item_id, region, horizon)
         if found is None:
@@ -70,8 +71,8 @@ class StockingRoutes:
 
     async def return_forecast(
             self, user_id: str = UserId,
-            horizon: float | None = Query(None, gt=0, le=3660, description="days ahead "
-                                          "(default: stocking.return_horizon_days)")
+            horizon: float | None = Query(None, ge=1, le=3660, description="days ahead, "
+                                          "1-3660 (default: stocking.return_horizon_days)")
     ) -> dict[str, Any]:
         h = horizon if horizon is not None else self.settings.stocking.return_horizon_days
         found = await self.reader.return_forecast(user_id, h)

@@ -103,7 +103,8 @@ def _orders(event: Event) -> list[Op]:
                     _int(event["event_time_ms"])))
         if not returned:   # the customer's purchase record (returning customers, BG/NBD)
             ops += [("custbuy", f"cust:{event['user_id']}", "", _int(event["event_time_ms"])),
-                    ("hset", f"cust:{event['user_id']}", "region", region)]
+                    ("hset", f"cust:{event['user_id']}", "region", region),
+                    ("hsetmax", "rclock", region, _int(event["event_time_ms"]))]
     return ops
 
 

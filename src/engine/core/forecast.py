@@ -206,6 +206,22 @@ class Forecaster:
             if self.lead_decay:
                 self._region_interest(region, t).u += units
 
+    def recategorise(self, item: str, old: str, new: str, regions: Iterable[str]) -> None:
+        """The catalogue moved ``item`` from category ``old`` to ``new`` (or named it for the
+        first time): its membership moves, so each category's rate is shared among its own
+        items (its past units stay in the old category's sums, which forget them in time)."""
+        for region in regions:
+            if ("item", item, region) not in self.series:
+                continue
+            if self.members.get((old, region), 0) > 0:
+                self.members[(old, region)] -= 1
+            key = ("category", new, region)
+            if key not in self.series:
+                parent = self.series.get(("region", ALL, region))
+                self.series[key] = Sums(e=parent.e, t=parent.t) if parent else Sums()
+                self.members[(ALL, region)] = self.members.get((ALL, region), 0) + 1
+            self.members[(new, region)] = self.members.get((new, region), 0) + 1
+
     def interested(self, item: str, category: str, region: str, t: int, views: float = 0.0,
                    carts: float = 0.0) -> None:
         """Views and cart adds of ``item`` in ``region`` at ``t`` (leading indicators); the
@@ -303,17 +319,12 @@ class Forecaster:
         return Forecast(mean, variance, median, low, high, (rate, cat_rate / n_cat, region_rate),
                         exposure, lead, p_none)
 
-    def items(self, region: str | None = None) -> Iterable[tuple[str, str]]:
-        """(item, region) of every item series."""
-        return ((key, r) for level, key, r in self.series
-                if level == "item" and (region is None or r == region))
-
 
 def lognormal_quantile(mean: float, variance: float, p: float) -> float:
     """The ``p`` quantile of the log-normal with this mean and variance (0 when mean is 0)."""
     if mean <= 0:
         return 0.0
-    sigma2 = math.log(1.0 + variance / (mean * mean))
+    sigma2 = math.log(1.0 + variance / mean / mean)
     return math.exp(math.log(mean) - sigma2 / 2 + NormalDist().inv_cdf(p) * math.sqrt(sigma2))
 
 
@@ -323,7 +334,7 @@ def lognormal_exceeds(mean: float, variance: float, level: float) -> float:
         return 0.0
     if level <= 0:
         return 1.0
-    sigma2 = math.log(1.0 + variance / (mean * mean))
+    sigma2 = math.log(1.0 + variance / mean / mean)
     mu = math.log(mean) - sigma2 / 2
     return 1.0 - NormalDist().cdf((math.log(level) - mu) / math.sqrt(sigma2))
 
@@ -333,13 +344,13 @@ def _weekday(t: int) -> int:
 
 
 def _lognormal_median(mean: float, variance: float) -> float:
-    return mean / math.sqrt(1.0 + variance / (mean * mean))
+    return mean / math.sqrt(1.0 + variance / mean / mean)
 
 
 def _lognormal_interval(mean: float, variance: float, central: float) -> tuple[float, float]:
     if mean <= 0:
         return 0.0, 0.0
-    sigma2 = math.log(1.0 + variance / (mean * mean))
+    sigma2 = math.log(1.0 + variance / mean / mean)
     mu = math.log(mean) - sigma2 / 2
     z = NormalDist().inv_cdf(0.5 + central / 2)
     s = math.sqrt(sigma2)

@@ -67,12 +67,18 @@ class BGNBD:
         high = max(first, second)
         return common + high + math.log(math.exp(first - high) + math.exp(second - high))
 
+    def _log_dropout_odds(self, x: int, t_x: float, T: float) -> float:
+        """log of (a / (b + x - 1)) ((alpha + T) / (alpha + t_x))^(r + x): the odds that a
+        customer with repeat purchases has left (in logs: it overflows for busy customers
+        long silent)."""
+        r, alpha, a, b = self.r, self.alpha, self.a, self.b
+        return (math.log(a) - math.log(b + x - 1)
+                + (r + x) * math.log((alpha + T) / (alpha + t_x)))
+
     def p_alive(self, x: int, t_x: float, T: float) -> float:
         if x == 0:
             return 1.0
-        r, alpha, a, b = self.r, self.alpha, self.a, self.b
-        ratio = (a / (b + x - 1)) * math.exp((r + x) * math.log((alpha + T) / (alpha + t_x)))
-        return 1.0 / (1.0 + ratio)
+        return _inverse_one_plus_exp(self._log_dropout_odds(x, t_x, T))
 
     def expected_purchases(self, t: float, x: int, t_x: float, T: float) -> float:
         """E[purchases in (T, T + t] | x, t_x, T]."""
@@ -80,14 +86,15 @@ class BGNBD:
         if abs(a - 1.0) < 1e-9:   # the closed form's one singularity: step off it
             a = 1.0 + 1e-6
         z = t / (alpha + T + t)
-        hyp = _hyp2f1(r + x, b + x, a + b + x - 1, z)
+        # ((alpha + T) / (alpha + T + t))^(r + x) 2F1(r + x, b + x; a + b + x - 1; z), by
+        # Euler's transformation (1 - z)^(a - 1) 2F1(a + b - 1 - r, a - 1; a + b + x - 1; z): a
+        # series whose terms do not grow with x, so it converges for busy customers too
+        hyp = _hyp2f1(a + b - 1 - r, a - 1, a + b + x - 1, z)
         lead = (a + b + x - 1) / (a - 1)
-        body = 1.0 - math.exp((r + x) * math.log((alpha + T) / (alpha + T + t))) * hyp
-        denominator = 1.0
-        if x > 0:
-            denominator += (a / (b + x - 1)) * math.exp(
-                (r + x) * math.log((alpha + T) / (alpha + t_x)))
-        return lead * body / denominator
+        body = 1.0 - math.exp((a - 1) * math.log1p(-z)) * hyp
+        if x == 0:
+            return lead * body
+        return lead * body * _inverse_one_plus_exp(self._log_dropout_odds(x, t_x, T))
 
     def p_buy_within(self, h: float, x: int, t_x: float, T: float) -> float:
         """P(at least one purchase within h | alive now) x P(alive now)."""
@@ -103,10 +110,12 @@ class BGNBD:
 
 def fit(customers: Sequence[tuple[int, float, float]], start: BGNBD | None = None,
         iterations: int = 2000) -> BGNBD:
-    """Maximum-likelihood parameters for (x, t_x, T) per customer (same-size groups of equal
-    statistics are weighted once, so a large population costs little)."""
+    """Maximum-likelihood parameters for (x, t_x, T) per customer (times rounded to the day:
+    customers with equal statistics are one weighted row, so a large population costs
+    little)."""
     counts: dict[tuple[int, float, float], int] = {}
-    for c in customers:
+    for x, t_x, T in customers:   # to the day: customers alike are one row
+        c = (x, round(t_x * 7) / 7, round(T * 7) / 7)
         counts[c] = counts.get(c, 0) + 1
     rows = list(counts.items())
 
@@ -120,6 +129,14 @@ def fit(customers: Sequence[tuple[int, float, float]], start: BGNBD | None = Non
     s = start or BGNBD(0.5, 5.0, 0.8, 2.5)
     best = _nelder_mead(loss, [math.log(v) for v in (s.r, s.alpha, s.a, s.b)], iterations)
     return BGNBD(*(math.exp(v) for v in best))
+
+
+def _inverse_one_plus_exp(v: float) -> float:
+    """1 / (1 + exp(v)), without overflow."""
+    if v > 0:
+        e = math.exp(-v)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(v))
 
 
 def _lbeta(a: float, b: float) -> float:

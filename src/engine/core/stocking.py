@@ -222,8 +222,9 @@ def _signal(item: str, dc: str, t: int, policy: StockingPolicy, demand: Demand, 
             seq: int) -> dict[str, Any]:
     on_hand, in_transit, _ = st.inventory[dc]
     available = on_hand + in_transit
-    p_any = 1.0 - demand.p_none
-    confidence = p_any * lognormal_exceeds(demand.mean, demand.variance, available + 0.5)
+    # the log-normal is matched to the demand's unconditional mean and variance, no-order
+    # chance included
+    confidence = lognormal_exceeds(demand.mean, demand.variance, available + 0.5)
     body: dict[str, Any] = {
         "event_id": f"{sid}:{seq}", "event_time_ms": t, "signal_id": sid, "status": status,
         "item_id": item, "dc": dc, "horizon_days": lead,
@@ -276,8 +277,9 @@ def load_item(fc: Forecaster, item: str, row: Mapping[str, Any] | None) -> tuple
 
 
 def parent_fields(category: str, region: str) -> tuple[str, str]:
-    """The fields of a (category, region) series and of a region's series."""
-    return f"c|{region}|{category}", f"r|{region}"
+    """The fields of a (category, region) series and of a region's series (ids never hold a
+    newline, so the fields cannot collide)."""
+    return f"c\n{region}\n{category}", f"r\n{region}"
 
 
 def load_parents(fc: Forecaster, category: str, region: str,

@@ -3,12 +3,14 @@ a customer's return forecast, and the periodic fit of the returning-customer mod
 
 An item's stocking row lives in one shard of ``price-signals`` (Kafka's default partitioner on
 the item id); a customer's purchase statistics in one shard of ``orders`` (on the user id, the
-orders topic's key). Forecasts are computed at the shard's event-time clock (the latest event
-time the stocking stage has applied there), never the wall clock, so they agree with a replay.
+orders topic's key). Forecasts and return forecasts are made at a region's event-time clock
+(its latest event applied), never the wall clock, so they agree with a replay.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import math
 import time
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from engine.core.compose import PRICE_SIGNALS
 from engine.core.forecast import ALL, Forecaster
 from engine.core.returns import BGNBD, Customer, fit
 from engine.core.stocking import centre_demand, load_item, load_parents, parent_fields
-from engine.stocking.stage import forecast_params, stocking_policy
+from engine.stocking.stage import forecast_params, open_field, stocking_policy
 from engine.store import StateStore
 
 ORDERS = "orders"
@@ -49,20 +51,25 @@ class StockingReader:
     async def open_signals(self, dc: str | None, item: str | None, limit: int
                            ) -> list[dict[str, Any]]:
         """Open signals, most confident first (then newest), filtered by centre and item."""
-        if item is not None:
-            rows = [await self.store.client.hgetall(self._item_shard(item) + "sto")]
+        if item is not None:   # the item's open centres are in its row
+            shard = self._item_shard(item)
+            raw = await self.store.client.hget(shard + "st", item)
+            centres = sorted(orjson.loads(raw)["open"]) if raw else []
+            centres = [c for c in centres if dc is None or c == dc]
+            bodies = await self.store.client.hmget(shard + "sto", [open_field(item, c)
+                                                                   for c in centres]) \
+                if centres else []
+            found = [orjson.loads(b) for b in bodies if b]
         else:
+            # every shard's open signals: bounded by the catalogue x centres, and a signal is
+            # deleted when cleared; a planner's list reads them all to rank them
             rows = await self.store.shard_hashes(PRICE_SIGNALS,
                                                  self.catalogue.topics[PRICE_SIGNALS].partitions,
                                                  "sto")
-        out = []
-        for row in rows:
-            for name, body in row.items():
-                row_item, _, row_dc = name.rpartition("\n")
-                if (item is None or row_item == item) and (dc is None or row_dc == dc):
-                    out.append(orjson.loads(body))
-        out.sort(key=lambda s: (-s.get("confidence", 0.0), -s["event_time_ms"], s["item_id"]))
-        return out[:limit]
+            found = [orjson.loads(body) for row in rows for name, body in row.items()
+                     if dc is None or name.rpartition("\n")[2] == dc]
+        return heapq.nsmallest(limit, found, key=lambda s: (
+            -s.get("confidence", 0.0), -s["event_time_ms"], s["item_id"], s["dc"]))
 
     # --- an item's forecast --------------------------------------------------------------
 
@@ -158,24 +165,21 @@ class StockingReader:
         return BGNBD(*self.settings.stocking.return_params), {"source": "config"}
 
     async def return_forecast(self, user: str, horizon_days: float) -> dict[str, Any] | None:
-        pipe = self.store.client.pipeline(transaction=False)
         shards = self._customer_shards(user)
+        pipe = self.store.client.pipeline(transaction=False)
         for shard in shards:
             pipe.hgetall(shard + f"cust:{user}")
-            pipe.hget(shard + "stats", "event_time_max")
-        replies = await pipe.execute()
-        rows = [(replies[2 * n], replies[2 * n + 1]) for n in range(len(shards))]
-        found = [(row, clock) for row, clock in rows if row]
+        found = [(shard, row) for shard, row in zip(shards, await pipe.execute(), strict=True)
+                 if row]
         if not found:
             return None
-        row, clock = found[0]
+        shard, row = found[0]
         customer = Customer(int(row["first"]), int(row["last"]), int(row["x"]))
         model, meta = await self.model()
-        # "now" in event time: the customer's region's clock as of the last fit (the latest
-        # purchase there), else the shard's; never before the customer's own last purchase
-        region_clock = meta.get("regions", {}).get(row.get("region", ""), {}).get("as_of_ms")
-        now = max(int(region_clock if region_clock is not None
-                      else float(clock) if clock else 0), customer.last_ms)
+        # "now" in event time: the latest purchase in the customer's region (regions need not
+        # share one clock: the demo replays data sets years apart), never before their own
+        clock = await self.store.client.hget(shard + "rclock", row.get("region", ""))
+        now = max(int(float(clock)) if clock else 0, customer.last_ms)
         x, t_x, big_t = customer.weeks(now)
         h = horizon_days / 7.0
         wait = model.expected_wait(x, big_t)
@@ -195,7 +199,7 @@ class StockingReader:
                       "customers": meta.get("customers")}}
 
     async def fit_returns(self, max_customers: int = 200_000) -> dict[str, Any]:
-        """Fit the BG/NBD population on the customers in the orders shards (at the state's
+        """Fit the BG/NBD population on the customers in the orders shards (each at its region's
         event-time clock) and total their expected purchases by region; stored for the API."""
         partitions = self.catalogue.topics[ORDERS].partitions
         customers: list[tuple[str, Customer]] = []
@@ -203,12 +207,14 @@ class StockingReader:
             shard = self.store.shard(ORDERS, p)
             keys = [k async for k in self.store.client.scan_iter(match=_glob(shard) + "cust:*",
                                                                  count=1000)]
+            # at most an equal share per partition (a partition's customers are a hash sample)
+            keys = keys[:max_customers // partitions]
             for start in range(0, len(keys), 500):
                 pipe = self.store.client.pipeline(transaction=False)
                 for k in keys[start:start + 500]:
                     pipe.hgetall(k)
                 for row in await pipe.execute():
-                    if row and len(customers) < max_customers:
+                    if row:
                         customers.append((row.get("region", ""),
                                           Customer(int(row["first"]), int(row["last"]),
                                                    int(row["x"]))))
@@ -220,7 +226,9 @@ class StockingReader:
         for region, c in customers:
             clocks[region] = max(clocks.get(region, 0), c.last_ms)
         stats = [c.weeks(clocks[region]) for region, c in customers]
-        model = fit(stats, start=BGNBD(*self.settings.stocking.return_params))
+        # seconds of CPU for a large population: off the event loop
+        model = await asyncio.to_thread(fit, stats,
+                                        start=BGNBD(*self.settings.stocking.return_params))
         by_region: dict[str, dict[str, float]] = {}
         for (region, _), (x, t_x, big_t) in zip(customers, stats, strict=True):
             totals = by_region.setdefault(region, {"customers": 0, "as_of_ms": clocks[region]})

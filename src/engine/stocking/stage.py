@@ -21,6 +21,7 @@ their source position (``stsrc``) like the pricing stage's.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,9 +47,17 @@ from engine.core.stocking import (
 from engine.pricing.stage import DUPLICATE, MALFORMED, YIELD_EVERY, Send, SourceMarks
 from engine.store import StateStore
 
+log = logging.getLogger(__name__)
+
 STOCKING_SIGNALS = "stocking-signals"
 #: Signal kinds the stage reads (the others are pricing's).
 KINDS = frozenset({"purchase", "view", "cart", "stock", "catalog"})
+
+
+#: A signal the stage failed on (an engine bug, logged): skipped and counted.
+UNPROCESSABLE = "unprocessable"
+#: Units one signal may carry (the input schemas' own limit).
+MAX_QUANTITY = 1_000_000_000
 
 
 def forecast_params(s: StockingSettings) -> ForecastParams:
@@ -77,6 +86,49 @@ class StockingStage:
         self.params = forecast_params(settings.stocking)
         self.policy = stocking_policy(settings)
         self.send = send
+
+    def _step(self, fc: Forecaster, st: ItemStock, regions: set[str], signal: dict[str, Any],
+              last_pair: dict[tuple[str, str], int], offset: int
+              ) -> list[tuple[str, str, bytes]]:
+        """One signal: update the item's series, stock or category, then decide for the centres
+        it touches; returns (centre, status, signal body) to publish."""
+        item, kind, t = signal["item_id"], signal["kind"], int(signal["event_time_ms"])
+        dc = None
+        if kind == "catalog":
+            category = signal.get("category") or st.category
+            if category != st.category:
+                fc.recategorise(item, st.category, category, regions)
+                for region in regions:
+                    last_pair[(st.category, region)] = offset
+                    last_pair[(category, region)] = offset
+                st.category = category
+        elif kind == "stock":
+            if not st.stock(signal["dc"], signal["on_hand"], int(signal.get("in_transit", 0)), t):
+                return []                      # older than the level held: nothing changes
+            dc = signal["dc"]
+        elif signal.get("region"):
+            region = signal["region"]
+            quantity = int(signal.get("quantity", 1))
+            if kind == "purchase":
+                fc.observe(item, st.category, region, t, quantity)
+            else:
+                fc.interested(item, st.category, region, t,
+                              views=quantity if kind == "view" else 0,
+                              carts=quantity if kind == "cart" else 0)
+            if ("item", item, region) in fc.series:   # not with indicators off and no order
+                regions.add(region)
+                last_pair[(st.category, region)] = offset
+            dc = self.policy.centre(region).dc
+        if dc is None:
+            return []
+        # a stock level also changes which centre can be the source of the others' signals
+        centres = [dc, *sorted(set(st.open) - {dc})] if kind == "stock" else [dc]
+        out = []
+        for centre in centres:
+            decided = assess(fc, item, st, regions, centre, t, self.policy)
+            if decided is not None:
+                out.append((centre, decided["status"], orjson.dumps(decided)))
+        return out
 
     async def ops(self, store: StateStore, topic: str, partition: int,
                   events: Sequence[tuple[int, dict[str, Any]]]) -> dict[int, list[Op]]:
@@ -122,53 +174,33 @@ class StockingStage:
         t_max = -1
         for n, (offset, signal) in enumerate(signals):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)   # nothing else writes this shard meanwhile
+                await asyncio.sleep(0)   # the pricing stage writes other keys meanwhile
             ops = out.setdefault(offset, [])
             seen = marks.count(signal, offset)
-            if seen == MALFORMED:
-                ops.append(("hincrby", "ststats", "malformed", "1"))
-                continue
             if seen == DUPLICATE:
                 continue
-            item, kind, t = signal["item_id"], signal["kind"], int(signal["event_time_ms"])
-            st = stocks[item]
+            if seen == MALFORMED or not _well_formed(signal):
+                ops.append(("hincrby", "ststats", MALFORMED, "1"))
+                continue
+            item, t = signal["item_id"], int(signal["event_time_ms"])
             t_max = max(t_max, t)
             last_item[item] = offset
-            dc = None
-            if kind == "catalog":
-                st.category = signal.get("category") or st.category
-            elif kind == "stock":
-                dc = signal["dc"]
-                st.stock(dc, int(signal["on_hand"]), int(signal.get("in_transit", 0)), t)
-            elif signal.get("region"):
-                region = signal["region"]
-                quantity = max(int(signal.get("quantity", 1)), 0)
-                if kind == "purchase":
-                    fc.observe(item, st.category, region, t, quantity)
-                else:
-                    fc.interested(item, st.category, region, t,
-                                  views=quantity if kind == "view" else 0,
-                                  carts=quantity if kind == "cart" else 0)
-                regions[item].add(region)
-                last_pair[(st.category, region)] = offset
-                dc = self.policy.centre(region).dc
-            if dc is None:
+            try:
+                decided = self._step(fc, stocks[item], regions[item], signal, last_pair, offset)
+            except Exception:   # an engine bug must cost one signal, not the partition
+                log.exception("stocking: signal %s of item %s skipped", signal.get("event_id"),
+                              item)
+                ops.append(("hincrby", "ststats", UNPROCESSABLE, "1"))
                 continue
-            # a stock level also changes which centre can be the source of the others' signals
-            centres = [dc, *sorted(set(st.open) - {dc})] if kind == "stock" else [dc]
-            for centre in centres:
-                decided = assess(fc, item, st, regions[item], centre, t, self.policy)
-                if decided is None:
-                    continue
-                body = orjson.dumps(decided)
+            for centre, status, body in decided:
                 published.append((centre.encode(), body, None))
                 field = open_field(item, centre)
-                if decided["status"] == "open":
+                if status == "open":
                     ops.append(("hset", "sto", field, body.decode()))
                 else:
                     ops.append(("hdel", "sto", field, ""))
-                ops.append(("hincrby", "ststats", decided["status"], "1"))
-                metrics.STOCKING_SIGNALS.labels(decided["status"]).inc()
+                ops.append(("hincrby", "ststats", status, "1"))
+                metrics.STOCKING_SIGNALS.labels(status).inc()
         # rows are written once per batch, with the last record that touched them (the batch is
         # applied atomically, so this is the same as writing after every record)
         for item, offset in last_item.items():
@@ -187,6 +219,16 @@ class StockingStage:
         if published:   # on the broker before the state moves on: a crash re-publishes
             await (await self.send(STOCKING_SIGNALS, published))
         return out
+
+
+def _well_formed(signal: dict[str, Any]) -> bool:
+    """What a step needs beyond the schema's common fields (it leaves per-kind fields to the
+    stages): a stock level names its centre and count, a demand signal has a sane quantity."""
+    kind = signal["kind"]
+    if kind == "stock":
+        return isinstance(signal.get("dc"), str) and isinstance(signal.get("on_hand"), int)
+    quantity = signal.get("quantity", 1)
+    return isinstance(quantity, int) and 0 <= quantity <= MAX_QUANTITY
 
 
 def _dumps(value: Any) -> str:
