@@ -6,8 +6,10 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
+from kafka import KafkaConsumer, TopicPartition
 
 from engine.config import Settings, load_settings
 from engine.contracts import Catalogue, Validator
@@ -98,3 +100,28 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float,
 
 def open_store(settings: Settings) -> StateStore:
     return StateStore.open(settings.redis)
+
+
+def consumer_at_end(settings: Settings, topic: str) -> KafkaConsumer:
+    """A plain kafka-python consumer of ``topic`` (no group), from its current end: what the
+    README shows a team that subscribes to an output topic."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:             # resolve the end offsets now, before anything is produced
+        consumer.position(tp)
+    return consumer
+
+
+def wait_for_message(consumer: KafkaConsumer, match: Callable[[dict[str, Any]], bool],
+                     what: str, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Poll until a message matches; returns every message seen so far (JSON values)."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            seen += [orjson.loads(r.value) for r in records]
+        if any(match(m) for m in seen):
+            return seen
+    raise AssertionError(f"no message for {what} within {timeout_s:.0f} s; saw {seen}")

@@ -8,13 +8,13 @@ import dataclasses
 import io
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from engine.api.app import create_api
 from engine.config import Settings
@@ -25,6 +25,7 @@ from engine.replay.catalog import derive_catalog
 from engine.replay.competitors import competitor_prices
 
 from .conftest import DATASETS
+from .helpers import consumer_at_end, wait_for_message
 
 pytestmark = pytest.mark.integration
 
@@ -32,30 +33,6 @@ TOKEN = "test-admin-token"
 #: computers4 (Kaggle), competitor comp_3: 154.70 in October 2017, 109.90 in November; its
 #: derived list price is 147.35 and unit cost 103.14 (floor 108.30 with the 5 % margin).
 PRODUCT, RIVAL = "computers4", "comp_3"
-
-
-def prices_consumer(settings: Settings) -> KafkaConsumer:
-    """What the README shows the pricing team: a plain consumer of `prices`, from the end."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url, enable_auto_commit=False)
-    tps = [TopicPartition("prices", p) for p in consumer.partitions_for_topic("prices")]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:             # resolve the end offsets now, before anything is produced
-        consumer.position(tp)
-    return consumer
-
-
-def wait_for(consumer: KafkaConsumer, match: Callable[[dict[str, Any]], bool], what: str,
-             timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            seen += [orjson.loads(r.value) for r in records]
-        if any(match(c) for c in seen):
-            return seen
-    raise AssertionError(f"no price change on `prices` for {what} within {timeout_s:.0f} s; "
-                         f"saw {seen}")
 
 
 def real_events(token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -91,19 +68,20 @@ async def test_a_competitor_drop_reaches_prices_and_an_override_wins(
     cat, (before, after) = real_events(token)
     item = cat["item_id"]
     assert after["price"] < before["price"]
-    consumer = prices_consumer(settings)
+    consumer = consumer_at_end(settings, "prices")
     producer = KafkaProducer(bootstrap_servers=settings.kafka.url, linger_ms=5)
     try:
         producer.send("catalog", key=item.encode(), value=orjson.dumps(cat))
         producer.send("competitor-prices", key=item.encode(), value=orjson.dumps(before))
         producer.flush()
-        wait_for(consumer, lambda c: c["item_id"] == item and c["old_price"] is None,
-                 "the item's first price")
+        wait_for_message(consumer, lambda c: c["item_id"] == item and c["old_price"] is None,
+                         "the item's first price")
         producer.send("competitor-prices", key=item.encode(), value=orjson.dumps(after))
         producer.flush()
-        seen = wait_for(consumer, lambda c: c["item_id"] == item and c["reason"]["competitor"]
-                        is not None and c["reason"]["competitor"]["price"] == after["price"],
-                        "the competitor's drop")
+        seen = wait_for_message(consumer, lambda c: c["item_id"] == item
+                                and c["reason"]["competitor"] is not None
+                                and c["reason"]["competitor"]["price"] == after["price"],
+                                "the competitor's drop")
     finally:
         producer.close()
     drop = next(c for c in seen if c["item_id"] == item and c["reason"]["competitor"]
@@ -131,8 +109,8 @@ async def test_a_competitor_drop_reaches_prices_and_an_override_wins(
     assert bad.status_code == 422
     answer = await api.put(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 202, answer.text
-    seen = wait_for(consumer, lambda c: c["item_id"] == item
-                    and c["reason"]["trigger"] == "override", "the override")
+    seen = wait_for_message(consumer, lambda c: c["item_id"] == item
+                            and c["reason"]["trigger"] == "override", "the override")
     override = next(c for c in seen if c["reason"]["trigger"] == "override")
     assert override["new_price"] == 99.0 and override["reason"]["override"]["by"] == \
         "pricing-team"

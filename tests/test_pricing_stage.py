@@ -20,7 +20,7 @@ from engine.pricing.stage import PricingStage, forwarded_records
 from engine.replay.catalog import derive_catalog
 from engine.replay.competitors import competitor_prices
 from engine.store import StateStore
-from engine.worker.processor import BatchProcessor, RawRecord
+from engine.worker.processor import BatchProcessor, RawRecord, Stage
 
 from .conftest import DATASETS, drop_namespace
 
@@ -84,10 +84,12 @@ def signal_records(catalogue: Catalogue, inputs: Sequence[tuple[str, dict[str, A
 
 async def run(store: StateStore, catalogue: Catalogue, settings: Settings,
               records: dict[int, list[bytes]], broker: Broker, start: int = 0,
-              batch: int = 10) -> None:
+              batch: int = 10, stage: Stage | None = None) -> None:
+    """Feed price-signals records to a processor with ``stage`` (the pricing stage by
+    default), ``batch`` records at a time, from offset ``start`` of each partition."""
+    stage = stage or PricingStage(settings.pricing, broker)
     processor = BatchProcessor(store, Validator(catalogue, settings.validation), _no_letters,
-                               core=decision_core(settings),
-                               stages=[PricingStage(settings.pricing, broker)])
+                               core=decision_core(settings), stages=[stage])
     await processor.load_watermarks([(PRICE_SIGNALS, p) for p in records])
     for partition, raws in sorted(records.items()):
         rows = [RawRecord(partition, start + i, 1_600_000_000_000, None, raw)

@@ -14,40 +14,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from engine.api.app import create_api
 from engine.config import Settings
 from engine.contracts import Catalogue
 from engine.embedded import ManagedProcess
 
+from .helpers import consumer_at_end, wait_for_message
 from .test_stocking_stage import stock, uk_orders
 
 pytestmark = pytest.mark.integration
-
-
-def signals_consumer(settings: Settings) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url, enable_auto_commit=False)
-    tps = [TopicPartition("stocking-signals", p)
-           for p in consumer.partitions_for_topic("stocking-signals")]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:
-        consumer.position(tp)
-    return consumer
-
-
-def wait_for(consumer: KafkaConsumer, match: Callable[[dict[str, Any]], bool], what: str,
-             timeout_s: float = 90.0) -> dict[str, Any]:
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
-            seen += [orjson.loads(r.value) for r in records]
-        for s in seen:
-            if match(s):
-                return s
-    raise AssertionError(f"no {what} on `stocking-signals` within {timeout_s:.0f} s; saw {seen}")
 
 
 async def settled(api: httpx.AsyncClient, url: str, params: dict[str, Any],
@@ -99,7 +76,7 @@ async def test_a_burst_of_orders_in_a_region_opens_a_signal_and_a_restock_clears
         settings: Settings, worker: ManagedProcess, api: httpx.AsyncClient) -> None:
     token = uuid.uuid4().hex[:10]
     item, events, customer = tagged(token, settings)
-    consumer = signals_consumer(settings)
+    consumer = consumer_at_end(settings, "stocking-signals")
     producer = KafkaProducer(bootstrap_servers=settings.kafka.url, linger_ms=5)
     try:
         for topic, event in events:
@@ -108,8 +85,11 @@ async def test_a_burst_of_orders_in_a_region_opens_a_signal_and_a_restock_clears
         producer.flush()
         # inventory and orders are separate topics, so the first signal may come before the
         # surplus abroad is known; a later one (an hour of event time on) names it
-        opened = wait_for(consumer, lambda s: s["item_id"] == item and s["status"] == "open"
-                          and s["source_dc"] == "dc-intl", "open signal naming dc-intl")
+        def named(s: dict[str, Any]) -> bool:
+            return s["item_id"] == item and s["status"] == "open" and s["source_dc"] == "dc-intl"
+
+        opened = next(s for s in wait_for_message(consumer, named, "an open signal naming "
+                                                  "dc-intl", timeout_s=90) if named(s))
         assert opened["dc"] == "dc-uk" and opened["region"] == "united-kingdom"
         assert opened["suggested_transfer_qty"] > 0
         assert opened["forecast"]["upper"] > opened["on_hand"] + opened["in_transit"]
@@ -145,8 +125,11 @@ async def test_a_burst_of_orders_in_a_region_opens_a_signal_and_a_restock_clears
         restock = dict(stock(item, "dc-uk", 1_000_000, last + 1, 2), event_id=f"{token}-i2")
         producer.send("inventory", key=item.encode(), value=orjson.dumps(restock))
         producer.flush()
-        cleared = wait_for(consumer, lambda s: s["item_id"] == item
-                           and s["status"] == "cleared", "cleared signal for the item")
+        def clearing(s: dict[str, Any]) -> bool:
+            return s["item_id"] == item and s["status"] == "cleared"
+
+        cleared = next(s for s in wait_for_message(consumer, clearing, "the item's clearing",
+                                                   timeout_s=90) if clearing(s))
         assert cleared["signal_id"] == opened["signal_id"]
         assert cleared["suggested_transfer_qty"] == 0
         listed = await settled(api, "/v1/stocking/signals", {"item": item},

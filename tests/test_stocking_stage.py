@@ -20,7 +20,8 @@ from engine.store import StateStore
 from engine.worker.processor import BatchProcessor, RawRecord
 
 from .conftest import drop_namespace
-from .test_pricing_stage import Broker, _no_letters, signal_records
+from .test_pricing_stage import Broker, signal_records
+from .test_pricing_stage import run as pricing_run
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +54,8 @@ def stock(item: str, dc: str, on_hand: int, t: int, n: int) -> dict[str, Any]:
 async def run(store: StateStore, catalogue: Catalogue, settings: Settings,
               records: dict[int, list[bytes]], broker: Broker, start: int = 0,
               batch: int = 10) -> None:
-    processor = BatchProcessor(store, Validator(catalogue, settings.validation), _no_letters,
-                               core=decision_core(settings),
-                               stages=[StockingStage(settings, broker)])
-    await processor.load_watermarks([(PRICE_SIGNALS, p) for p in records])
-    for partition, raws in sorted(records.items()):
-        rows = [RawRecord(partition, start + i, 1_600_000_000_000, None, raw)
-                for i, raw in enumerate(raws)]
-        for k in range(0, len(rows), batch):
-            await processor.process(PRICE_SIGNALS, rows[k:k + batch])
+    await pricing_run(store, catalogue, settings, records, broker, start, batch,
+                      stage=StockingStage(settings, broker))
 
 
 def signals(broker: Broker) -> list[dict[str, Any]]:

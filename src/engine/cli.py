@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,17 +279,23 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if stats.failed == 0 else 1
 
 
+def _data_file(given: Path | None, settings: Settings, *default: str) -> Path:
+    """``--data`` if given, else the shared copy under ``replay.datasets_dir``; it must exist."""
+    path = Path(given) if given else settings.replay.datasets_path.joinpath(*default)
+    if not path.is_file():
+        raise EngineError(f"--data {path}: no such file")
+    return path
+
+
 def _evaluate_forecast(args: argparse.Namespace, settings: Settings) -> int:
     from engine.stocking.evaluate import as_json, evaluate, render
 
     if not 1 <= args.horizon <= 28:
         raise EngineError(f"--horizon must be 1-28 days, got {args.horizon}")
-    path = args.data or (settings.replay.datasets_path / "online_retail"
-                         / "online_retail_2010-12_2011-01.csv.gz")
-    if not Path(path).is_file():
-        raise EngineError(f"--data {path}: no such file")
+    path = _data_file(args.data, settings, "online_retail",
+                      "online_retail_2010-12_2011-01.csv.gz")
     try:
-        result = evaluate(settings, Path(path), horizon_days=args.horizon)
+        result = evaluate(settings, path, horizon_days=args.horizon)
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     print(as_json(result) if args.json else render(result))
@@ -303,12 +309,9 @@ def _evaluate_leading(args: argparse.Namespace, settings: Settings) -> int:
 
     if not 1 <= args.horizon_minutes <= 120:
         raise EngineError(f"--horizon-minutes must be 1-120, got {args.horizon_minutes}")
-    path = args.data or (settings.replay.datasets_path / "rees46"
-                         / "events_2019-10-01_first17k.csv.gz")
-    if not Path(path).is_file():
-        raise EngineError(f"--data {path}: no such file")
+    path = _data_file(args.data, settings, "rees46", "events_2019-10-01_first17k.csv.gz")
     try:
-        result = evaluate(settings, Path(path), horizon_minutes=args.horizon_minutes)
+        result = evaluate(settings, path, horizon_minutes=args.horizon_minutes)
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     print(orjson.dumps(as_json(result)).decode() if args.json else render(result))
@@ -320,10 +323,7 @@ def _evaluate_returns(args: argparse.Namespace, settings: Settings) -> int:
 
     from engine.stocking.returns_eval import evaluate, render
 
-    path = args.data or settings.replay.datasets_path / "cdnow" / "CDNOW_master.txt.gz"
-    if not Path(path).is_file():
-        raise EngineError(f"--data {path}: no such file")
-    result = evaluate(Path(path))
+    result = evaluate(_data_file(args.data, settings, "cdnow", "CDNOW_master.txt.gz"))
     print(orjson.dumps(result).decode() if args.json else render(result))
     return 0
 
@@ -347,49 +347,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _stocking_signals(args: argparse.Namespace, settings: Settings) -> int:
+def _with_stocking_reader(settings: Settings, read: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``read(StockingReader)`` against ``redis.url``, closing the connection after."""
     import asyncio
 
-    import orjson
-
-    from engine.stocking.query import StockingReader, describe_signal
+    from engine.stocking.query import StockingReader
     from engine.store import StateStore
 
     if not settings.redis.url:
         raise EngineError("redis.url is empty: set ENGINE_REDIS_URL (`engine up` prints it)")
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> Any:
         store = StateStore.open(settings.redis)
         try:
-            return await StockingReader(store, load_catalogue(), settings).open_signals(
-                args.dc, args.item, args.limit)
+            return await read(StockingReader(store, load_catalogue(), settings))
         finally:
             await store.close()
 
-    for signal in asyncio.run(run()):
+    return asyncio.run(run())
+
+
+def _stocking_signals(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from engine.stocking.query import describe_signal
+
+    for signal in _with_stocking_reader(settings, lambda reader: reader.open_signals(
+            args.dc, args.item, args.limit)):
         print(orjson.dumps(signal).decode() if args.json else describe_signal(signal))
     return 0
 
 
 def _stocking_fit_returns(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
     import orjson
 
-    from engine.stocking.query import StockingReader, describe_fit
-    from engine.store import StateStore
+    from engine.stocking.query import describe_fit
 
-    if not settings.redis.url:
-        raise EngineError("redis.url is empty: set ENGINE_REDIS_URL (`engine up` prints it)")
-
-    async def run() -> dict[str, Any]:
-        store = StateStore.open(settings.redis)
-        try:
-            return await StockingReader(store, load_catalogue(), settings).fit_returns()
-        finally:
-            await store.close()
-
-    result = asyncio.run(run())
+    result = _with_stocking_reader(settings, lambda reader: reader.fit_returns())
     print(orjson.dumps(result).decode() if args.json else describe_fit(result))
     return 0
 

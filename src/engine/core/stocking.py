@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from engine.core.forecast import (
     ALL,
@@ -149,7 +151,7 @@ def assess(fc: Forecaster, item: str, st: ItemStock, regions: Iterable[str], dc:
     if available is None:
         return None
     regions = tuple(regions)
-    lead = _lead_time(policy, dc, regions)
+    lead = lead_time(policy, dc, regions)
     demand = centre_demand(fc, item, st.category, regions, dc, policy, t, lead)
     short = math.ceil(demand.upper - 1e-9) > available
     current = st.open.get(dc)
@@ -193,7 +195,9 @@ def assess(fc: Forecaster, item: str, st: ItemStock, regions: Iterable[str], dc:
     return out["signal"]
 
 
-def _lead_time(policy: StockingPolicy, dc: str, regions: tuple[str, ...]) -> float:
+def lead_time(policy: StockingPolicy, dc: str, regions: Iterable[str]) -> float:
+    """A centre's lead time for an item: the longest of the regions it serves for it, else
+    the configured one of any region it serves, else the default's."""
     times = [policy.centre(r).lead_time_days for r in regions if policy.centre(r).dc == dc]
     if times:
         return max(times)
@@ -208,7 +212,7 @@ def _source(fc: Forecaster, item: str, st: ItemStock, regions: tuple[str, ...], 
     for other in sorted(st.inventory):
         if other == dc:
             continue
-        lead = _lead_time(policy, other, regions)
+        lead = lead_time(policy, other, regions)
         own = centre_demand(fc, item, st.category, regions, other, policy, t,
                             lead + policy.cover_days)
         surplus = (st.available(other) or 0) - math.ceil(own.upper - 1e-9)
@@ -282,17 +286,27 @@ def parent_fields(category: str, region: str) -> tuple[str, str]:
     return f"c\n{region}\n{category}", f"r\n{region}"
 
 
-def load_parents(fc: Forecaster, category: str, region: str,
-                 rows: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]) -> None:
-    cat_row, region_row = rows
-    if cat_row:
-        fc.series[("category", category, region)] = Sums.load(cat_row["s"])
-        fc.members[(category, region)] = int(cat_row["n"])
-    if region_row:
-        fc.series[("region", ALL, region)] = Sums.load(region_row["s"])
-        fc.members[(ALL, region)] = int(region_row["n"])
-        fc.weekdays[region] = list(region_row["w"])
-        fc.interest[(ALL, region)] = Interest.load(region_row["i"])
+def parent_names(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The ``stp`` fields of (category, region) pairs: the category's, then the region's."""
+    return [name for category, region in pairs for name in parent_fields(category, region)]
+
+
+def load_parents(fc: Forecaster, pairs: Sequence[tuple[str, str]],
+                 rows: Sequence[str | bytes | None]) -> None:
+    """Put the parents of (category, region) pairs into ``fc`` from the JSON rows of their
+    ``parent_names`` (None: not stored yet)."""
+    for n, (category, region) in enumerate(pairs):
+        cat_row, region_row = rows[2 * n], rows[2 * n + 1]
+        if cat_row:
+            cat = orjson.loads(cat_row)
+            fc.series[("category", category, region)] = Sums.load(cat["s"])
+            fc.members[(category, region)] = int(cat["n"])
+        if region_row:
+            reg = orjson.loads(region_row)
+            fc.series[("region", ALL, region)] = Sums.load(reg["s"])
+            fc.members[(ALL, region)] = int(reg["n"])
+            fc.weekdays[region] = list(reg["w"])
+            fc.interest[(ALL, region)] = Interest.load(reg["i"])
 
 
 def parent_rows(fc: Forecaster, category: str, region: str

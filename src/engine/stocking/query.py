@@ -23,7 +23,13 @@ from engine.contracts import Catalogue
 from engine.core.compose import PRICE_SIGNALS
 from engine.core.forecast import ALL, Forecaster
 from engine.core.returns import BGNBD, Customer, fit
-from engine.core.stocking import centre_demand, load_item, load_parents, parent_fields
+from engine.core.stocking import (
+    centre_demand,
+    lead_time,
+    load_item,
+    load_parents,
+    parent_names,
+)
 from engine.stocking.stage import forecast_params, open_field, stocking_policy
 from engine.store import StateStore
 
@@ -87,12 +93,11 @@ class StockingReader:
         fc = Forecaster(self.params)
         st, regions = load_item(fc, item, orjson.loads(raw))
         asked = [region] if region is not None else sorted(regions)
-        names = [n for r in asked for n in parent_fields(st.category, r)]
-        parents = await self.store.client.hmget(shard + "stp", names) if names else []
-        for n, r in enumerate(asked):
-            cat_row, region_row = parents[2 * n], parents[2 * n + 1]
-            load_parents(fc, st.category, r, (orjson.loads(cat_row) if cat_row else None,
-                                              orjson.loads(region_row) if region_row else None))
+        # the parents of the regions asked for and of those the item's centres serve
+        pairs = [(st.category, r) for r in sorted(set(asked) | regions)]
+        if pairs:
+            load_parents(fc, pairs, await self.store.client.hmget(shard + "stp",
+                                                                  parent_names(pairs)))
         shard_clock = int(float(clock)) if clock is not None else 0
 
         def now(regions: Sequence[str]) -> int:
@@ -120,20 +125,8 @@ class StockingReader:
                 "exposure_days": _r(f.exposure_days), "known": r in regions})
         centres = []
         for dc in sorted({self.policy.centre(r).dc for r in regions} | set(st.inventory)):
-            lead = max((self.policy.centre(r).lead_time_days for r in regions
-                        if self.policy.centre(r).dc == dc), default=None)
-            if lead is None:
-                lead = next((c.lead_time_days for c in self.policy.centres.values()
-                             if c.dc == dc), self.policy.centre("default").lead_time_days)
+            lead = lead_time(self.policy, dc, regions)
             served = [r for r in regions if self.policy.centre(r).dc == dc]
-            if served:   # the parents of regions not asked for
-                names = [n for r in served for n in parent_fields(st.category, r)]
-                more = await self.store.client.hmget(shard + "stp", names)
-                for n, r in enumerate(served):
-                    if ("region", ALL, r) not in fc.series:
-                        load_parents(fc, st.category, r, (
-                            orjson.loads(more[2 * n]) if more[2 * n] else None,
-                            orjson.loads(more[2 * n + 1]) if more[2 * n + 1] else None))
             d = centre_demand(fc, item, st.category, regions, dc, self.policy,
                               now(served), lead)
             held = st.inventory.get(dc)

@@ -42,6 +42,7 @@ from engine.core.stocking import (
     load_item,
     load_parents,
     parent_fields,
+    parent_names,
     parent_rows,
 )
 from engine.pricing.stage import DUPLICATE, MALFORMED, YIELD_EVERY, Send, SourceMarks
@@ -160,12 +161,8 @@ class StockingStage:
                 regs[sig["item_id"]].add(sig["region"])
         pairs = sorted({(c, r) for item in items for c in cats[item] for r in regs[item]})
         if pairs:
-            names = [name for c, r in pairs for name in parent_fields(c, r)]
-            rows = await store.client.hmget(shard + "stp", names)
-            for n, (c, r) in enumerate(pairs):
-                cat_row, region_row = rows[2 * n], rows[2 * n + 1]
-                load_parents(fc, c, r, (orjson.loads(cat_row) if cat_row else None,
-                                        orjson.loads(region_row) if region_row else None))
+            load_parents(fc, pairs, await store.client.hmget(shard + "stp",
+                                                             parent_names(pairs)))
 
         out: dict[int, list[Op]] = {}
         last_item: dict[str, int] = {}
