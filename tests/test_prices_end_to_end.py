@@ -87,6 +87,8 @@ async def test_a_competitor_drop_reaches_prices_and_an_override_wins(
     drop = next(c for c in seen if c["item_id"] == item and c["reason"]["competitor"]
                 and c["reason"]["competitor"]["price"] == after["price"])
     assert drop["reason"]["trigger"] == "competitor_price"
+    # traceable to the input record: competitor-prices:<partition>:<offset>:<signal index>
+    assert drop["reason"]["signal"].startswith("competitor-prices:")
     assert drop["new_price"] < drop["old_price"]
     assert drop["new_price"] >= round(drop["old_price"] * 0.9, 2)      # one step at most
     assert "competitor:match" in drop["reason"]["guardrails"]

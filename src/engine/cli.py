@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="do not add the contracts' invalid examples to the replay")
     demo.set_defaults(handler=_demo)
 
+    bench = sub.add_parser("bench", help="latency, throughput and query benchmarks on the "
+                           "embedded stack, with floors; report and plots (source checkout)")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
+
     up = sub.add_parser("up", help="start broker, Redis, worker and API on this machine until "
                         "Ctrl-C")
     up.set_defaults(handler=_up)
@@ -392,6 +397,48 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from engine.stack import run_up
 
     return run_up(settings, os.environ)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """``engine bench``'s options (also those of ``python benchmarks/suite.py``)."""
+    def rates(text: str) -> list[float]:
+        try:
+            values = [float(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+        if not all(v > 0 for v in values):
+            raise argparse.ArgumentTypeError("rates must be > 0")
+        return values
+
+    def positive(text: str) -> float:
+        value = float(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute: two rates, short steps, no second worker")
+    parser.add_argument("--json", action="store_true",
+                        help="print the headline figures as one JSON object")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: benchmarks/results/bench)")
+    parser.add_argument("--rates", type=rates, default=None,
+                        help="events/s of the ladder's steps, comma separated")
+    parser.add_argument("--seconds", type=positive, default=None, help="length of each step")
+    parser.add_argument("--slo-ms", type=positive, default=100.0,
+                        help="p99 that defines the throughput ceiling (default 100 ms)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the second worker")
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not (root / "suite.py").is_file():
+        raise EngineError(f"engine bench runs benchmarks/ from a source checkout; no "
+                          f"{root / 'suite.py'} here (clone the repository and pip install -e)")
+    sys.path.insert(0, str(root))
+    import suite
+
+    return int(suite.run(args, settings))
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,6 +17,10 @@ STAGE = Histogram("engine_stage_seconds", "Time per batch in each processing sta
 EVENT_TO_STATE = Histogram("engine_event_to_state_seconds",
                            "From the record's timestamp to its state being written to Redis",
                            ["topic"], buckets=_LATENCY_BUCKETS)
+DELIVERY = Histogram("engine_delivery_seconds",
+                     "From the record's timestamp to its batch reaching the worker's processor "
+                     "(broker delivery and the batching window)", ["topic"],
+                     buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("engine_batch_size", "Records per processed batch",
                        buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 REDIS_ERRORS = Counter("engine_redis_errors_total", "Redis calls that failed and were retried")

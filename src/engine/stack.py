@@ -47,8 +47,13 @@ def say(message: str) -> None:
 
 
 @contextmanager
-def embedded_stack(settings: Settings, base_env: Mapping[str, str]) -> Iterator[Stack]:
-    """Start everything; leaving the block (normally, by error or by signal) stops everything."""
+def embedded_stack(settings: Settings, base_env: Mapping[str, str],
+                   on_servers: Callable[[Settings], None] | None = None
+                   ) -> Iterator[Stack]:
+    """Start everything; leaving the block (normally, by error or by signal) stops everything.
+
+    ``on_servers`` is called once broker, Redis and topics are up, before the worker joins
+    (the benchmark starts its own Faust worker there, so that the two joins overlap)."""
     emb = settings.embedded
     run_dir = Path(emb.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +70,8 @@ def embedded_stack(settings: Settings, base_env: Mapping[str, str]) -> Iterator[
         create_topics(live.kafka.url, catalogue.creation_plan(),
                       live.kafka.kafka_python_options(),
                       replication_factor=live.kafka.replication_factor)
+        if on_servers is not None:
+            on_servers(live)
         env = {**base_env, "ENGINE_KAFKA_URL": live.kafka.url, "ENGINE_REDIS_URL": live.redis.url,
                "ENGINE_KAFKA_CREATE_TOPICS": "false"}
         worker = ManagedProcess("worker", [sys.executable, "-m", "engine", "--log-level", "info",

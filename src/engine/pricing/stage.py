@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -67,6 +68,8 @@ YIELD_EVERY = 256
 #: A signal's position in its source: offset x SOURCE_SLOTS + its index among the event's
 #: signals (an order's lines), one number that ``hsetmax`` can keep per source partition.
 SOURCE_SLOTS = 1024
+#: Changes kept per shard in ``pxrecent`` (newest first) for the status page.
+RECENT_CHANGES = 20
 _SOURCE_FIELDS = ("source_topic", "source_partition", "source_offset", "source_index")
 
 
@@ -190,9 +193,12 @@ class PricingStage:
             if outcome.rejected:
                 self._reject(ops, outcome.rejected)
             if outcome.change is not None:
+                if "event_id" in signal:   # traceable: which input event moved the price
+                    outcome.change["reason"]["signal"] = signal["event_id"]
                 body = orjson.dumps(outcome.change)
                 changes.append((item.encode(), body, None))
                 ops += [("lpushcap", f"pxh:{item}", body.decode(), str(self.s.history_size)),
+                        ("lpushcap", "pxrecent", body.decode(), str(RECENT_CHANGES)),
                         ("hincrby", "pxstats", "changes", "1")]
         # state and models are written once per batch, with the last event that touched them
         # (the batch is applied atomically, so this is the same as writing after every event)
@@ -204,7 +210,9 @@ class PricingStage:
                 {"weights": model.weights, "intercept": model.intercept})))
         marks.write(out, "pxsrc")
         if changes:   # on the broker before the state moves on: a crash re-publishes
+            publishing = time.perf_counter()
             await (await self.send(PRICES, changes))
+            metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
             metrics.PRICE_CHANGES.inc(len(changes))
         return out
 

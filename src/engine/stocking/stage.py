@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -214,7 +215,9 @@ class StockingStage:
         if t_max >= 0:
             out[signals[-1][0]].append(("hsetmax", "ststats", "event_time_max", str(t_max)))
         if published:   # on the broker before the state moves on: a crash re-publishes
+            publishing = time.perf_counter()
             await (await self.send(STOCKING_SIGNALS, published))
+            metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
         return out
 
 

@@ -97,6 +97,8 @@ class BatchProcessor:
         self.clock = clock
         self.latency = LatencyHistogram()
         self.watermarks: dict[tuple[str, int], int] = {}
+        #: the current batch's time in the stages (model updates) and in the apply script
+        self._model_s = self._apply_s = 0.0
         #: Since start: records applied, and re-deliveries skipped by the watermark.
         self.applied = 0
         self.duplicates = 0
@@ -109,6 +111,7 @@ class BatchProcessor:
 
     async def process(self, topic: str, records: Sequence[RawRecord]) -> None:
         started = time.perf_counter()
+        self._delivered(topic, records)
         slices: dict[int, list[tuple[int, list[Op]]]] = {}
         valid: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         fresh: list[RawRecord] = []
@@ -142,7 +145,7 @@ class BatchProcessor:
             metrics.STAGE.labels("dlq_publish").observe(time.perf_counter() - validated)
         # enqueued now, awaited after the apply: the broker round trip overlaps Redis's
         sent = await self.forward(topic, forwarded) if forwarded and self.forward else None
-        applied_at = time.perf_counter()
+        self._apply_s = self._model_s = 0.0
         skipped = 0
         for partition, batch in slices.items():
             result = await self._apply_partition(topic, partition, batch,
@@ -152,7 +155,9 @@ class BatchProcessor:
                 metrics.EVENTS.labels(topic, "duplicate").inc(result.skipped)
                 self.duplicates += result.skipped
                 skipped += result.skipped
-        metrics.STAGE.labels("redis_apply").observe(time.perf_counter() - applied_at)
+        metrics.STAGE.labels("redis_apply").observe(self._apply_s)
+        if self.stages and valid:
+            metrics.STAGE.labels("model_update").observe(self._model_s)
         if sent is not None:
             forwarded_at = time.perf_counter()
             await sent
@@ -163,6 +168,12 @@ class BatchProcessor:
                 listener(topic, events)
         metrics.BATCH_SIZE.observe(len(records))
         self._account(topic, fresh, skipped)
+
+    def _delivered(self, topic: str, records: Sequence[RawRecord]) -> None:
+        now_ms = self.clock() * 1000.0
+        observe = metrics.DELIVERY.labels(topic).observe
+        for record in records:
+            observe(max(now_ms - record.timestamp_ms, 0.0) / 1000.0)
 
     def _account(self, topic: str, fresh: Sequence[RawRecord], skipped: int) -> None:
         now_ms = self.clock() * 1000.0
@@ -188,13 +199,17 @@ class BatchProcessor:
             extra: dict[int, list[Op]] = {}
             # the stages write disjoint keys: they run concurrently, so that their Redis reads
             # and broker acks overlap, and their ops are merged in stage order (deterministic)
+            modelled = time.perf_counter()
             computed = await asyncio.gather(*(stage.ops(self.store, topic, partition, valid)
                                               for stage in self.stages))
+            self._model_s += time.perf_counter() - modelled
             for stage_ops in computed:
                 for offset, ops in stage_ops.items():
                     extra.setdefault(offset, []).extend(ops)
             full = [(offset, ops + extra.get(offset, [])) for offset, ops in batch]
+            applying = time.perf_counter()
             result = await self._apply_or_isolate(topic, partition, full, records)
+            self._apply_s += time.perf_counter() - applying
             if not result.overtaken:
                 return ApplyResult(result.applied, result.skipped + skipped, result.watermark)
             mark = result.watermark
