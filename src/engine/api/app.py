@@ -26,6 +26,7 @@ from engine.api.docs import DOCS_HTML
 from engine.api.guard import Guard
 from engine.api.ingest import Ingestor
 from engine.api.prices import PriceRoutes
+from engine.api.status import StatusRoutes
 from engine.api.stocking import StockingRoutes
 from engine.config import Settings
 from engine.contracts import Catalogue
@@ -124,8 +125,9 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
     app.include_router(ingestor.router)
     app.include_router(PriceRoutes(settings, PriceReader(store, catalogue, settings.pricing),
                                    ingestor).router)
-    app.include_router(StockingRoutes(settings, StockingReader(store, catalogue, settings),
-                                      recommender).router)
+    stocking = StockingReader(store, catalogue, settings)
+    app.include_router(StockingRoutes(settings, stocking, recommender).router)
+    app.include_router(StatusRoutes(settings, store, catalogue, stocking).router)
     app.add_middleware(Guard, max_in_flight=settings.api.max_in_flight,
                        read_timeout_s=settings.api.read_timeout_s)
 

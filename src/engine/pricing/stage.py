@@ -128,6 +128,13 @@ class SignalForwarder:
         return await self.send(PRICE_SIGNALS, [(None, value, dest) for dest, value in records])
 
 
+def _stamped(body: bytes) -> str:
+    """The change with the wall-clock time it was decided (``published_ms``): the status page
+    orders the shards' recent changes by it (event times come from each source's own clock)."""
+    return (body[:-1] + b',"published_ms":' + str(int(time.time() * 1000)).encode()
+            + b"}").decode()
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -198,7 +205,7 @@ class PricingStage:
                 body = orjson.dumps(outcome.change)
                 changes.append((item.encode(), body, None))
                 ops += [("lpushcap", f"pxh:{item}", body.decode(), str(self.s.history_size)),
-                        ("lpushcap", "pxrecent", body.decode(), str(RECENT_CHANGES)),
+                        ("lpushcap", "pxrecent", _stamped(body), str(RECENT_CHANGES)),
                         ("hincrby", "pxstats", "changes", "1")]
         # state and models are written once per batch, with the last event that touched them
         # (the batch is applied atomically, so this is the same as writing after every event)
