@@ -84,8 +84,8 @@ class Plan:
     def __init__(self, quick: bool, rates: Sequence[float] | None, seconds: float | None,
                  slo_ms: float, scaling: bool) -> None:
         self.quick = quick
-        self.rates = sorted(rates or ((1_000.0, TARGET_RATE) if quick else
-                                      (500.0, 1_000.0, 1_500.0, TARGET_RATE, 3_000.0,
+        self.rates = sorted(rates or ((500.0, TARGET_RATE) if quick else
+                                      (250.0, 500.0, 1_000.0, 1_500.0, TARGET_RATE, 3_000.0,
                                        4_000.0, 6_000.0)))
         if TARGET_RATE not in self.rates:
             self.rates = sorted({*self.rates, TARGET_RATE})
@@ -181,7 +181,9 @@ def stage_figures(before: dict[tuple[str, str, str], float],
         if not counts.get(key):
             continue
         p50, p99 = histogram_quantile(buckets, 0.5), histogram_quantile(buckets, 0.99)
-        out[f"{key[0]}:{key[1]}"] = {"count": int(counts[key]),
+        name = {"engine_stage_seconds": key[1]}.get(
+            key[0], f"{key[0].removeprefix('engine_').removesuffix('_seconds')} {key[1]}")
+        out[name] = {"count": int(counts[key]),
                                      "p50_ms": None if p50 is None else round(p50 * 1000, 2),
                                      "p99_ms": None if p99 is None else round(p99 * 1000, 2)}
     return out
@@ -325,7 +327,7 @@ class Bench:
         stages: dict[str, Any] = {}
         for url, role in urls.items():
             for name, fig in stage_figures(before[url], after[url]).items():
-                stages[f"{role}:{name}"] = fig
+                stages[f"{role}: {name}"] = fig
         step = self._describe(rate, sent, lat, drain_s, stages, cpu)
         if query_task is not None:
             step["queries"] = await query_task
@@ -516,12 +518,15 @@ def query_child(url: str, requests: list[tuple[str, str]], rate: float
 
 
 def describe_queries(samples: list[tuple[str, float, int]], seconds: float) -> dict[str, Any]:
+    """Latency of the answered requests (200, or 404 for an item without a price yet); the
+    others (503 when the API sheds load, 0 for no answer in 5 s) count in ``ok_share``."""
     ok = np.array([ms for _, ms, status in samples if status in (200, 404)])
     statuses: dict[str, int] = {}
     for _, _, status in samples:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     return {"rate_rps": QUERY_RATE, "seconds": seconds, "sent": len(samples),
-            "statuses": statuses, "latency_ms": percentiles(ok),
+            "statuses": statuses, "ok_share": round(len(ok) / len(samples), 4) if samples else 0,
+            "latency_ms": percentiles(ok),
             "by_kind": {kind: percentiles(np.array([ms for k, ms, s in samples
                                                     if k == kind and s in (200, 404)]))
                         for kind in ("recommendations", "similar", "price")}}
@@ -618,10 +623,11 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                  "measured": None if share is None else
                  f"{h['throughput_eps']:,} vs {h['passthrough_eps']:,} events/s ({share:.0%})",
                  "met": bool(share is not None and share >= TARGET_THROUGHPUT_SHARE)})
-    q = h["query_p99_ms"]
+    q, share = h["query_p99_ms"], result.get("queries", {}).get("ok_share")
     rows.append({"target": f"query p99 < {QUERY_TARGET_P99_MS:.0f} ms at {QUERY_RATE:.0f} "
-                 "requests/s while loaded", "measured": None if q is None else f"{q} ms",
-                 "met": bool(q is not None and q < QUERY_TARGET_P99_MS)})
+                 "requests/s while loaded (and at least 99 % answered)",
+                 "measured": None if q is None else f"{q} ms, {share:.1%} answered",
+                 "met": bool(q is not None and q < QUERY_TARGET_P99_MS and share >= 0.99)})
     return rows
 
 

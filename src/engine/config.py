@@ -468,3 +468,8 @@ def _check_pricing(p: PricingSettings) -> None:
         raise ConfigError(f"pricing competitor rule {bad[0]!r} is not one of {COMPETITOR_RULES}")
     if len(p.currency) != 3 or not p.currency.isupper():
         raise ConfigError(f"pricing.currency must be an ISO 4217 code, got {p.currency!r}")
+
+
+def item_stages_enabled(settings: Settings) -> bool:
+    """Whether anything consumes the item-keyed signals (pricing or stocking)."""
+    return settings.pricing.enabled or settings.stocking.enabled

@@ -29,6 +29,7 @@ from engine.embedded import (
     free_port,
     redis_process,
 )
+from engine.views import expected_partitions
 
 #: A Faust worker joins its consumer group in 5-30 s on the embedded broker.
 WORKER_READY_TIMEOUT_S = 120.0
@@ -108,7 +109,7 @@ def run_up(settings: Settings, base_env: Mapping[str, str]) -> int:
 
 def _worker_ready(settings: Settings, catalogue: Catalogue) -> Callable[[], bool]:
     """Ready when live workers' heartbeats cover every input partition."""
-    expected = catalogue.input_partitions()
+    expected = expected_partitions(settings, catalogue)
     key = f"{settings.redis.namespace}:workers"
 
     def check() -> bool:

@@ -10,9 +10,20 @@ from typing import Any
 
 import orjson
 
+from engine.config import Settings, item_stages_enabled
 from engine.contracts import Catalogue
+from engine.core.compose import PRICE_SIGNALS
 from engine.latency import LatencyHistogram
 from engine.store import StateStore
+
+
+def expected_partitions(settings: Settings, catalogue: Catalogue) -> set[str]:
+    """The partitions live workers must cover ("topic:partition"): every consumed topic's, less
+    the item-keyed signals' when no item stage (pricing, stocking) is on to consume them."""
+    out = catalogue.input_partitions()
+    if not item_stages_enabled(settings):
+        out = {tp for tp in out if tp.rpartition(":")[0] != PRICE_SIGNALS}
+    return out
 
 
 async def pipeline_stats(store: StateStore, catalogue: Catalogue) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
     recommender = Recommender(store, catalogue, settings)
     ingestor = Ingestor(settings, catalogue)
     probe = BrokerProbe(settings)
-    expected = catalogue.input_partitions()
+    expected = views.expected_partitions(settings, catalogue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -26,7 +26,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from engine import metrics
-from engine.config import Settings
+from engine.config import Settings, item_stages_enabled
 from engine.contracts import Catalogue, Rejection, Validator
 from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
@@ -52,11 +52,6 @@ DLQ_MAX_KEY_BYTES = 1024
 #: only "pricing" (the item-keyed price-signals topic, in its own consumer group: the pricing
 #: and stocking stages).
 ROLES = ("all", "inputs", "pricing")
-
-
-def item_stages_enabled(settings: Settings) -> bool:
-    """Whether anything consumes the item-keyed signals (pricing or stocking)."""
-    return settings.pricing.enabled or settings.stocking.enabled
 
 
 def group_id_for(settings: Settings, role: str) -> str:
