@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -263,11 +264,12 @@ class Observer:
             for p in range(orders):
                 self.columns.append((f"src:{shard}:orders", p))
         self.keys = keys
-        self.rows: list[tuple[float, list[str]]] = []
+        self.rows: list[tuple[float, np.ndarray]] = []
         #: (receive time, topic, partition, offset, value) of prices and the floor topics
         self.messages: list[tuple[float, str, int, int, bytes]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: AIOKafkaConsumer | None = None
+        self.error: str | None = None   # set if polling or reading stopped with an error
 
     def column(self, name: str, partition: int) -> int:
         return self.columns.index((name, partition))
@@ -285,12 +287,20 @@ class Observer:
         await self._consumer.seek_to_end(*tps)
         self._tasks = [asyncio.create_task(self._poll(script)),
                        asyncio.create_task(self._read())]
+        for task in self._tasks:
+            task.add_done_callback(self._died)
+
+    def _died(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.error = f"{task.get_name()}: {task.exception()!r}"
+            print(f"bench observer stopped: {self.error}", file=sys.stderr, flush=True)
 
     async def _poll(self, script: Any) -> None:
         args = [self.wm_keys, *self.fields]
         while True:
             values = await script(keys=self.keys, args=args)
-            self.rows.append((time.time(), values))
+            # floats parse both the watermarks and hsetmax's marks; 8 bytes a column
+            self.rows.append((time.time(), np.array(values, dtype=np.float64)))
             await asyncio.sleep(POLL_INTERVAL_S)
 
     async def _read(self) -> None:
@@ -315,7 +325,7 @@ class Observer:
         if not rows:
             return np.empty(0), np.empty((0, len(self.columns)), dtype=np.int64)
         times = np.array([t for t, _ in rows])
-        values = np.array([[int(float(v)) for v in vals] for _, vals in rows], dtype=np.int64)
+        values = np.vstack([vals for _, vals in rows]).astype(np.int64)
         return times, values
 
     def forget(self, before: float) -> None:

@@ -77,6 +77,8 @@ DECISIONS = ("recommendations", "stocking", "price")
 #: QUERY_RATE requests/s while loaded.
 TARGET_RATE, TARGET_MARGIN_MS, TARGET_THROUGHPUT_SHARE = 2_000.0, 15.0, 0.70
 QUERY_RATE, QUERY_TARGET_P99_MS = 500.0, 5.0
+#: Longest wait for a backlog to clear between phases (not measured).
+SETTLE_TIMEOUT_S = 180.0
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999), ("max", 1.0))
 
 
@@ -216,6 +218,7 @@ class Bench:
             if self.plan.scaling:
                 await self._scaling()
         finally:
+            self.result["observer_error"] = self.obs.error
             await self.obs.stop()
             self.gen.close()
             await self.store.close()
@@ -289,20 +292,24 @@ class Bench:
             "touches")
         started = time.time()
         sent = await self.gen.run(0, self.warm, None)
-        await self._drained(0, sent, started)
+        await self._drained(0, sent, started, SETTLE_TIMEOUT_S)
         say(f"  applied in {time.time() - started:.1f} s")
 
     async def _ladder(self) -> None:
+        """Step up until a step is not sustained; then measure the target rate (if not done
+        yet) and stop: past the ceiling every step only builds a backlog to wait for."""
         plan, steps = self.plan, []
         for rate in plan.rates:
-            with_queries = rate == TARGET_RATE
-            step = await self._step(rate, plan.seconds, queries=with_queries)
+            if steps and not steps[-1]["sustained"] and rate != TARGET_RATE:
+                if rate < TARGET_RATE:
+                    continue    # straight to the target rate
+                break           # the target is measured and the ceiling passed
+            step = await self._step(rate, plan.seconds, queries=rate == TARGET_RATE)
             steps.append(step)
-            over = step["decisions"]["recommendations"]["p99"]
-            if rate >= TARGET_RATE and (not step["sustained"] or over is None
-                                        or over > plan.slo_ms):
-                say(f"  {rate:,.0f}/s is past the ceiling: the ladder stops here")
+            if not step["sustained"] and rate >= TARGET_RATE:
                 break
+        if steps and not steps[-1]["sustained"]:
+            say("  past the ceiling: the ladder stops here")
         self.result["steps"] = steps
 
     async def _step(self, rate: float, seconds: float, *, queries: bool = False,
@@ -321,8 +328,11 @@ class Bench:
         query_task = asyncio.create_task(self._queries(start_delay=1.0)) if queries else None
         sent = await self.gen.run(start, start + n, rate)
         cpu = procstat.cores_used(cpu_before, procstat.snapshot(pids), time.time() - cpu_at)
-        drain_s = await self._drained(start, sent, since)
+        drain_s = await self._drained(start, sent, since, self.plan.drain_timeout)
         lat = match(self.obs, self.mix, start, sent, since)
+        if drain_s >= self.plan.drain_timeout:   # let the backlog go before the next phase
+            say("  waiting for the backlog to clear (not measured)")
+            await self._drained(start, sent, since, SETTLE_TIMEOUT_S)
         after = {u: await asyncio.to_thread(scrape, u) for u in urls}
         stages: dict[str, Any] = {}
         for url, role in urls.items():
@@ -355,7 +365,7 @@ class Bench:
             "stages": stages, "cpu_cores": cpu,
         }
 
-    async def _drained(self, start: int, sent: Sent, since: float) -> float:
+    async def _drained(self, start: int, sent: Sent, since: float, timeout: float) -> float:
         """Wait until state covers every event sent and the item stages caught up with
         price-signals; return the seconds from the last due time until then."""
         last_due = float(sent.due.max()) if len(sent.due) else time.time()
@@ -363,7 +373,7 @@ class Bench:
         for i, (p, o) in enumerate(zip(sent.partition, sent.offset, strict=True)):
             key = (self.mix.topic[start + i], int(p))
             targets[key] = max(targets.get(key, -1), int(o))
-        deadline = time.time() + self.plan.drain_timeout
+        deadline = last_due + timeout
         consumer = self.obs._consumer
         assert consumer is not None
         signal_tps = [TopicPartition(PRICE_SIGNALS, p)
@@ -392,8 +402,9 @@ class Bench:
         pids = self._pids()
         cpu_before, cpu_at = procstat.snapshot(pids), time.time()
         since = time.time()
+        self.obs.forget(since - 1)
         sent = await self.gen.run(start, start + n, None, lead_s=0.1)
-        drain_s = await self._drained(start, sent, since)
+        drain_s = await self._drained(start, sent, since, SETTLE_TIMEOUT_S)
         done_at = float(sent.due.max()) + drain_s
         cpu = procstat.cores_used(cpu_before, procstat.snapshot(pids), time.time() - cpu_at)
         eps = n / (done_at - float(sent.due.min()))

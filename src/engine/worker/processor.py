@@ -147,12 +147,9 @@ class BatchProcessor:
         sent = await self.forward(topic, forwarded) if forwarded and self.forward else None
         self._apply_s = self._model_s = 0.0
         skipped = 0
-        # partitions are disjoint shards: their stages and scripts run concurrently, so this
-        # process's CPU (one partition's stages) overlaps Redis's (another's script)
-        results = await asyncio.gather(*(
-            self._apply_partition(topic, partition, batch, valid.get(partition, []), fresh)
-            for partition, batch in slices.items()))
-        for partition, result in zip(slices, results, strict=True):
+        for partition, batch in slices.items():
+            result = await self._apply_partition(topic, partition, batch,
+                                                 valid.get(partition, []), fresh)
             self.watermarks[(topic, partition)] = result.watermark
             if result.skipped:
                 metrics.EVENTS.labels(topic, "duplicate").inc(result.skipped)
