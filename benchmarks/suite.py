@@ -129,10 +129,14 @@ def hdr_counts(ms: np.ndarray) -> dict[str, int]:
 
 
 def scrape(url: str) -> dict[tuple[str, str, str], float]:
-    """Histogram samples of a /metrics page: (metric, label, le) -> cumulative count."""
+    """Histogram samples of a /metrics page: (metric, label, le) -> cumulative count; empty
+    when the process has gone (a worker that left during a rebalance)."""
     import urllib.request
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-        text = response.read().decode()
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            text = response.read().decode()
+    except OSError:
+        return {}
     out: dict[tuple[str, str, str], float] = {}
     for family in text_string_to_metric_families(text):
         if family.name not in ("engine_stage_seconds", "engine_delivery_seconds",
@@ -336,6 +340,8 @@ class Bench:
         after = {u: await asyncio.to_thread(scrape, u) for u in urls}
         stages: dict[str, Any] = {}
         for url, role in urls.items():
+            if not before[url] or not after[url]:
+                continue   # not reachable at one of the scrapes
             for name, fig in stage_figures(before[url], after[url]).items():
                 stages[f"{role}: {name}"] = fig
         step = self._describe(rate, sent, lat, drain_s, stages, cpu)
