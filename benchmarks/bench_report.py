@@ -170,7 +170,8 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
     bars = {k: v for k, v in bars.items() if v}
     if bars:
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.bar(list(bars), list(bars.values()), color=["grey"] + ["tab:blue"] * (len(bars) - 1))
+        ax.bar(list(bars), list(bars.values()),
+               color=["grey" if k.startswith("pass") else "tab:blue" for k in bars])
         ax.set(ylabel="events/s", title="Throughput (burst, every decision on)")
         fig.tight_layout()
         fig.savefig(out / "throughput.png", dpi=110)

@@ -37,6 +37,7 @@ from engine.core.repricing import signals_for
 from engine.kafka_client import aiokafka_options
 from engine.pricing.stage import SOURCE_SLOTS
 from engine.replay.sources import Record
+from engine.stocking.stage import KINDS as STOCKING_KINDS
 from engine.store import StateStore
 
 #: The demo data's shares of the live topics (REES46 + Online Retail + Kaggle: 17,055 clicks,
@@ -76,6 +77,8 @@ class Mix:
             dests: dict[int, int] = {}
             for n, signal in enumerate(signals_for(topic, event)[:SOURCE_SLOTS]):
                 self.items.add(signal["item_id"])
+                if signal["kind"] not in STOCKING_KINDS:   # returns: stocking skips them
+                    continue
                 dest = catalogue.partition_of(PRICE_SIGNALS, signal["item_id"])
                 dests[dest] = n
             if dests:
@@ -95,12 +98,13 @@ def interleaved(records: Sequence[Record], count: int) -> list[tuple[str, str, d
     for r in records:
         if r.topic in pools:
             pools[r.topic].append(r)
-    total = sum(w for _, w in SHARES)
+    shares = [(t, w) for t, w in SHARES if pools[t]]   # a data set left out: no such events
+    total = sum(w for _, w in shares)
     sent = dict.fromkeys(pools, 0)
     out: list[tuple[str, str, dict[str, Any]]] = []
     for i in range(count):
         # the topic furthest behind its share goes next: deterministic, evenly spread
-        topic = max(SHARES, key=lambda tw: tw[1] * (i + 1) / total - sent[tw[0]])[0]
+        topic = max(shares, key=lambda tw: tw[1] * (i + 1) / total - sent[tw[0]])[0]
         pool = pools[topic]
         cycle, index = divmod(sent[topic], len(pool))
         sent[topic] += 1
@@ -270,6 +274,7 @@ class Observer:
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: AIOKafkaConsumer | None = None
         self.error: str | None = None   # set if polling or reading stopped with an error
+        self._stopping = False
 
     def column(self, name: str, partition: int) -> int:
         return self.columns.index((name, partition))
@@ -297,7 +302,7 @@ class Observer:
 
     async def _poll(self, script: Any) -> None:
         args = [self.wm_keys, *self.fields]
-        while True:
+        while not self._stopping:
             values = await script(keys=self.keys, args=args)
             # floats parse both the watermarks and hsetmax's marks; 8 bytes a column
             self.rows.append((time.time(), np.array(values, dtype=np.float64)))
@@ -305,7 +310,7 @@ class Observer:
 
     async def _read(self) -> None:
         assert self._consumer is not None
-        while True:
+        while not self._stopping:
             batches = await self._consumer.getmany(timeout_ms=100, max_records=5000)
             now = time.time()
             for tp, messages in batches.items():
@@ -313,9 +318,12 @@ class Observer:
                     self.messages.append((now, tp.topic, tp.partition, m.offset, m.value))
 
     async def stop(self) -> None:
+        # a flag first: redis-py may swallow a cancellation that lands inside a command
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -374,7 +382,7 @@ def match(obs: Observer, mix: Mix, start: int, sent: Sent, since: float) -> Late
     # stocking: an order counts once every item-stage shard it reached has marked its signals
     for local in range(n):
         dests = mix.stock_dests.get(start + local)
-        if not dests:
+        if not dests or sent.partition[local] < 0:   # no stocking signal, or never sent
             continue
         p, off = int(sent.partition[local]), int(sent.offset[local])
         reached = []
@@ -382,7 +390,8 @@ def match(obs: Observer, mix: Mix, start: int, sent: Sent, since: float) -> Late
             col = values[:, obs.column(f"src:{shard}:orders", p)] if len(times) else np.empty(0)
             reached.append(first_reaching(times, col,
                                           np.array([off * SOURCE_SLOTS + index]))[0])
-        ms["stocking"].append(np.array([(max(reached) - sent.due[local]) * 1000]))
+        # NaN (a shard that never counted it) must win: np.max propagates it, max() may not
+        ms["stocking"].append(np.array([(np.max(reached) - sent.due[local]) * 1000]))
     # prices: a change names the input event that moved it (reason.signal)
     due_of = {(mix.topic[start + i], int(sent.partition[i]), int(sent.offset[i])): sent.due[i]
               for i in range(n)}

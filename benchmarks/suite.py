@@ -12,7 +12,7 @@ One run, in this order (each phase is described in ``benchmarks/README.md``):
      after) and per process (CPU); the step at the target rate also carries the query load
      (recommendation and price endpoints, open loop);
   4. throughput: a burst sent as fast as the producer goes; events/s from first send until
-     every decision caught up; with ``--full`` (the default) again with a second worker;
+     every decision caught up; again with a second worker unless ``--no-scaling``;
   5. a screenshot of the status page, if Chromium is installed.
 Results: ``bench.json``, ``report.md`` and PNG plots in the results folder; ``--json`` prints the
 headline figures as one JSON object on stdout.
@@ -102,7 +102,9 @@ class Plan:
     def live_events(self) -> int:
         steps = sum(int(r * self.seconds) for r in self.rates)
         bursts = self.burst * (2 if self.scaling else 1)
-        return steps + bursts + (int(TARGET_RATE * self.seconds) if self.scaling else 0)
+        total = steps + bursts + (int(TARGET_RATE * self.seconds) if self.scaling else 0)
+        # the floors send the first live events again, to their own topics
+        return max(total, int(TARGET_RATE * self.floor_seconds), self.burst)
 
 
 # --- percentiles and histograms -------------------------------------------------------------
@@ -209,24 +211,39 @@ class Bench:
         self.obs = Observer(self.settings, self.catalogue, self.store)
         self.gen = Generator(self.settings)
         self.next = warm      # the next live event to send
+        self.extra: list[ManagedProcess] = []   # worker processes the bench started itself
         self.result: dict[str, Any] = {}
 
     async def run(self) -> dict[str, Any]:
-        await self.obs.start()
-        await asyncio.to_thread(self.gen.load, self.mix.wire(0, len(self.mix)))
+        """The phases, stopped early by Ctrl-C, SIGTERM or a child of the stack that died."""
         try:
-            await self._floors()
-            await self._warm_up()
-            await self._ladder()
-            self.result["throughput"] = {"workers_1": await self._burst()}
-            if self.plan.scaling:
-                await self._scaling()
+            await self.obs.start()
+            await asyncio.to_thread(self.gen.load, self.mix.wire(0, len(self.mix)))
+            phases = asyncio.create_task(self._phases())
+            while not phases.done():
+                reason = self.stack.supervisor.wait(timeout=0.001)
+                if reason is not None:
+                    self.result["stopped_by"] = reason.message
+                    phases.cancel()
+                    await asyncio.wait({phases}, timeout=10.0)
+                    break
+                await asyncio.wait({phases}, timeout=0.5)
+            if "stopped_by" not in self.result:
+                phases.result()   # re-raise what went wrong
         finally:
             self.result["observer_error"] = self.obs.error
             await self.obs.stop()
             self.gen.close()
             await self.store.close()
         return self.result
+
+    async def _phases(self) -> None:
+        await self._floors()
+        await self._warm_up()
+        await self._ladder()
+        self.result["throughput"] = {"workers_1": await self._burst()}
+        if self.plan.scaling:
+            await self._scaling()
 
     # -- floors ------------------------------------------------------------------------------
 
@@ -330,6 +347,17 @@ class Bench:
         self.obs.forget(time.time() - 1)
         since = time.time()
         query_task = asyncio.create_task(self._queries(start_delay=1.0)) if queries else None
+        try:
+            return await self._measure(rate, start, n, since, urls, before, pids, cpu_before,
+                                       cpu_at, query_task)
+        finally:
+            if query_task is not None and not query_task.done():
+                query_task.cancel()
+
+    async def _measure(self, rate: float, start: int, n: int, since: float,
+                       urls: dict[str, str], before: dict[str, Any], pids: dict[str, int],
+                       cpu_before: dict[str, float | None], cpu_at: float,
+                       query_task: asyncio.Task[dict[str, Any]] | None) -> dict[str, Any]:
         sent = await self.gen.run(start, start + n, rate)
         cpu = procstat.cores_used(cpu_before, procstat.snapshot(pids), time.time() - cpu_at)
         drain_s = await self._drained(start, sent, since, self.plan.drain_timeout)
@@ -389,9 +417,9 @@ class Bench:
             if not inputs_done:
                 marks = {k: await self.store.watermark(*k) for k in targets}
                 inputs_done = all(marks[k] >= v for k, v in targets.items())
-                if inputs_done:
-                    ends = await consumer.end_offsets(signal_tps)
             if inputs_done:
+                # read each time: a batch's signals are acknowledged after its state is written
+                ends = await consumer.end_offsets(signal_tps)
                 marks2 = [await self.store.watermark(PRICE_SIGNALS, tp.partition)
                           for tp in signal_tps]
                 if all(m >= ends[tp] - 1 for m, tp in zip(marks2, signal_tps, strict=True)):
@@ -426,10 +454,11 @@ class Bench:
         second = ManagedProcess("worker-2", [sys.executable, "-m", "engine", "worker"],
                                 self.stack.run_dir / "worker-2.log", env=env)
         second.start()
+        self.extra.append(second)
         try:
             deadline = time.time() + 120
             while time.time() < deadline:
-                workers = [w for w in await live_workers(self.store, 5.0)
+                workers = [w for w in await self._workers()
                            if w["role"] != "pricing" and w["assigned"]]
                 if len(workers) >= 2 and not await self._rebalancing():
                     break
@@ -443,9 +472,13 @@ class Bench:
                                                                label=" (2 workers)")]
         finally:
             second.stop()
+            self.extra.remove(second)
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        return await live_workers(self.store, self.settings.api.worker_stale_after_s)
 
     async def _rebalancing(self) -> bool:
-        covered = [tp for w in await live_workers(self.store, 5.0) if w["role"] != "pricing"
+        covered = [tp for w in await self._workers() if w["role"] != "pricing"
                    for tp in w["assigned"]]
         return len(covered) != len(set(covered)) or \
             set(covered) != {f"{t.name}:{p}" for t in self.catalogue.consumed
@@ -453,7 +486,7 @@ class Bench:
 
     async def _metrics_urls(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for w in await live_workers(self.store, 5.0):
+        for w in await self._workers():
             if w.get("metrics_url"):
                 role = "item_stages" if w["role"] == "pricing" else "inputs"
                 if role in out.values():
@@ -465,7 +498,7 @@ class Bench:
         pids: dict[str, int] = {"bench": os.getpid()}
         if self.gen.process.pid:
             pids["generator"] = self.gen.process.pid
-        for proc in self.stack.supervisor.processes:
+        for proc in [*self.stack.supervisor.processes, *self.extra]:
             if proc.pid is None:
                 continue
             pids[proc.name] = proc.pid
@@ -722,6 +755,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             bench = Bench(stack, plan, mix, warm, users, items,
                           passthrough[0] if passthrough else None)
             result = asyncio.run(bench.run())
+            if result.get("stopped_by"):
+                say(f"engine bench stopped: {result['stopped_by']}")
+                return 130 if stack.supervisor.stop_requested.is_set() else 1
             out.mkdir(parents=True, exist_ok=True)
             result["screenshot"] = screenshot(stack.api_url, out / "status.png")
     finally:

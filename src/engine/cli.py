@@ -417,7 +417,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         return value
 
     parser.add_argument("--quick", action="store_true",
-                        help="about a minute: two rates, short steps, no second worker")
+                        help="about a minute and a half: two rates, short steps, no second "
+                        "worker")
     parser.add_argument("--json", action="store_true",
                         help="print the headline figures as one JSON object")
     parser.add_argument("--out", type=Path, default=None,

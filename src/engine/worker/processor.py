@@ -97,8 +97,6 @@ class BatchProcessor:
         self.clock = clock
         self.latency = LatencyHistogram()
         self.watermarks: dict[tuple[str, int], int] = {}
-        #: the current batch's time in the stages (model updates) and in the apply script
-        self._model_s = self._apply_s = 0.0
         #: Since start: records applied, and re-deliveries skipped by the watermark.
         self.applied = 0
         self.duplicates = 0
@@ -145,19 +143,21 @@ class BatchProcessor:
             metrics.STAGE.labels("dlq_publish").observe(time.perf_counter() - validated)
         # enqueued now, awaited after the apply: the broker round trip overlaps Redis's
         sent = await self.forward(topic, forwarded) if forwarded and self.forward else None
-        self._apply_s = self._model_s = 0.0
+        # the batch's time in the stages (model updates) and in the apply script; per call:
+        # every topic's agent runs this concurrently
+        timing = [0.0, 0.0]
         skipped = 0
         for partition, batch in slices.items():
             result = await self._apply_partition(topic, partition, batch,
-                                                 valid.get(partition, []), fresh)
+                                                 valid.get(partition, []), fresh, timing)
             self.watermarks[(topic, partition)] = result.watermark
             if result.skipped:
                 metrics.EVENTS.labels(topic, "duplicate").inc(result.skipped)
                 self.duplicates += result.skipped
                 skipped += result.skipped
-        metrics.STAGE.labels("redis_apply").observe(self._apply_s)
+        metrics.STAGE.labels("redis_apply").observe(timing[1])
         if self.stages and valid:
-            metrics.STAGE.labels("model_update").observe(self._model_s)
+            metrics.STAGE.labels("model_update").observe(timing[0])
         if sent is not None:
             forwarded_at = time.perf_counter()
             await sent
@@ -191,7 +191,8 @@ class BatchProcessor:
     async def _apply_partition(self, topic: str, partition: int,
                                batch: list[tuple[int, list[Op]]],
                                valid: list[tuple[int, dict[str, Any]]],
-                               records: Sequence[RawRecord]) -> ApplyResult:
+                               records: Sequence[RawRecord], timing: list[float]
+                               ) -> ApplyResult:
         """Add the stages' ops, apply; if another writer got there first, re-read the
         watermark, drop what it applied and recompute the stages from fresh state."""
         skipped = 0
@@ -202,14 +203,14 @@ class BatchProcessor:
             modelled = time.perf_counter()
             computed = await asyncio.gather(*(stage.ops(self.store, topic, partition, valid)
                                               for stage in self.stages))
-            self._model_s += time.perf_counter() - modelled
+            timing[0] += time.perf_counter() - modelled
             for stage_ops in computed:
                 for offset, ops in stage_ops.items():
                     extra.setdefault(offset, []).extend(ops)
             full = [(offset, ops + extra.get(offset, [])) for offset, ops in batch]
             applying = time.perf_counter()
             result = await self._apply_or_isolate(topic, partition, full, records)
-            self._apply_s += time.perf_counter() - applying
+            timing[1] += time.perf_counter() - applying
             if not result.overtaken:
                 return ApplyResult(result.applied, result.skipped + skipped, result.watermark)
             mark = result.watermark
