@@ -16,15 +16,19 @@ from engine.contracts import Rejection
 # --- report -----------------------------------------------------------------------------
 
 
-def machine(server: dict[str, Any]) -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU model, Python and platform of the machine a benchmark ran on."""
     model = "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                       if line.startswith("model name")), model)
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "redis_server": server,
-            "redis_shares_cores": True}
+            "platform": platform.platform()}
+
+
+def machine(server: dict[str, Any]) -> dict[str, Any]:
+    return {**machine_info(), "redis_server": server, "redis_shares_cores": True}
 
 
 def describe(work: Workload) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import asyncio
 import math
 import multiprocessing as mp
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -57,12 +56,14 @@ from openloop import (
     passthrough_latencies,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from report import machine_info
 
 from engine.cli import add_bench_arguments
 from engine.config import Settings, load_settings
 from engine.contracts import Catalogue, Rejection, Validator, load_catalogue
 from engine.core.compose import PRICE_SIGNALS
 from engine.embedded import ManagedProcess, create_topics
+from engine.latency import SUB_BUCKETS, LatencyHistogram
 from engine.replay.run import build_records
 from engine.replay.sources import Record
 from engine.stack import Stack, embedded_stack, say
@@ -121,13 +122,11 @@ def percentiles(ms: np.ndarray) -> dict[str, float | int | None]:
 
 
 def hdr_counts(ms: np.ndarray) -> dict[str, int]:
-    """An HDR-style log histogram for the JSON: bucket lower bound (ms, 16 per doubling) ->
-    count. ``engine.latency`` uses the same buckets."""
-    if not len(ms):
-        return {}
-    buckets = np.floor(16 * np.log2(np.maximum(ms * 1000.0, 1.0))).astype(int)
-    values, counts = np.unique(buckets, return_counts=True)
-    return {f"{2 ** (b / 16) / 1000:.4g}": int(c) for b, c in zip(values, counts, strict=True)}
+    """An HDR-style log histogram for the JSON (``engine.latency``'s buckets, the workers'):
+    bucket lower bound (ms) -> count."""
+    hist = LatencyHistogram()
+    hist.record_many(ms.tolist())
+    return {f"{2 ** (b / SUB_BUCKETS) / 1000:.4g}": n for b, n in sorted(hist.counts.items())}
 
 
 def scrape(url: str) -> dict[tuple[str, str, str], float]:
@@ -610,16 +609,6 @@ def build(settings: Settings, catalogue: Catalogue, count: int
     return mix, warm, users, priced
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("model name")), model)
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform()}
-
-
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     target = next((s for s in result.get("steps", []) if s["rate_eps"] == TARGET_RATE), None)
     floors = result.get("floors", {})
@@ -763,7 +752,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         for proc in passthrough:
             proc.stop()
-    result.update(machine=machine(), quick=plan.quick, elapsed_s=round(time.time() - started),
+    result.update(machine=machine_info(), quick=plan.quick, elapsed_s=round(time.time() - started),
                   plan={"rates": plan.rates, "seconds": plan.seconds, "slo_ms": plan.slo_ms,
                         "burst": plan.burst, "floor_seconds": plan.floor_seconds,
                         "sources": SOURCES, "live_events": len(mix) - warm,
