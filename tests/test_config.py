@@ -32,8 +32,9 @@ def test_environment_overrides_with_types() -> None:
 def test_secrets_not_in_repr() -> None:
     s = load_settings(environ={"ENGINE_KAFKA_SASL_PASSWORD": "hunter2",
                                "ENGINE_REDIS_PASSWORD": "s3cret",
-                               "ENGINE_API_ADMIN_TOKEN": "t0ken"})
+                               "ENGINE_API_KEYS": '["ops:admin:t0ken-t0ken-t0ken-t0ken"]'})
     assert "hunter2" not in repr(s) and "s3cret" not in repr(s) and "t0ken" not in repr(s)
+    assert s.api.keys == ("ops:admin:t0ken-t0ken-t0ken-t0ken",)
 
 
 def test_competitor_rules_per_category_take_the_longest_prefix() -> None:

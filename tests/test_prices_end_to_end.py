@@ -29,7 +29,7 @@ from .helpers import consumer_at_end, wait_for_message
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-key-0123456789"
 #: computers4 (Kaggle), competitor comp_3: 154.70 in October 2017, 109.90 in November; its
 #: derived list price is 147.35 and unit cost 103.14 (floor 108.30 with the 5 % margin).
 PRODUCT, RIVAL = "computers4", "comp_3"
@@ -54,7 +54,7 @@ def real_events(token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 @pytest.fixture
 async def api(settings: Settings, catalogue: Catalogue) -> AsyncIterator[httpx.AsyncClient]:
     admin = dataclasses.replace(    # configured as the shared worker is (SHARED_WORKER_ENV)
-        settings, api=dataclasses.replace(settings.api, admin_token=TOKEN),
+        settings, api=dataclasses.replace(settings.api, keys=(f"pricing-team:admin:{TOKEN}",)),
         pricing=dataclasses.replace(settings.pricing, category_rules=("e2e=match",)))
     app = create_api(admin, catalogue)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
@@ -106,7 +106,7 @@ async def test_a_competitor_drop_reaches_prices_and_an_override_wins(
     url = f"/v1/items/{item}/price/override"
     assert (await api.put(url, json=body)).status_code == 401
     wrong = await api.put(url, json=body, headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 401 and "Bearer" in wrong.json()["detail"]
+    assert wrong.status_code == 401 and "API key" in wrong.json()["detail"]
     bad = await api.put(url, json={"price": 99.0}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert bad.status_code == 422
     answer = await api.put(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -131,14 +131,18 @@ async def test_a_competitor_drop_reaches_prices_and_an_override_wins(
     assert "override by pricing-team" in lines[-1] and "-> 99.00" in lines[-1]
 
 
-async def test_overrides_are_off_without_an_admin_token(
+async def test_overrides_are_off_without_an_admin_key(
         settings: Settings, catalogue: Catalogue) -> None:
-    app = create_api(settings, catalogue)   # api.admin_token is empty by default
+    reader = dataclasses.replace(settings, api=dataclasses.replace(
+        settings.api, keys=("shop:read+events:shop-key-0123456789",)))
+    app = create_api(reader, catalogue)   # no key has the admin scope
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
-        answer = await c.put("/v1/items/x/price/override", json={"price": 1, "ttl_minutes": 1},
-                             headers={"Authorization": "Bearer "})
-    assert answer.status_code == 403 and "admin_token" in answer.json()["detail"]
+        url, body = "/v1/items/x/price/override", {"price": 1, "ttl_minutes": 1}
+        anonymous = await c.put(url, json=body)
+        shop = await c.put(url, json=body, headers={"X-API-Key": "shop-key-0123456789"})
+    assert anonymous.status_code == 401
+    assert shop.status_code == 403 and "admin" in shop.json()["detail"]
 
 
 @pytest.mark.parametrize("body", [

@@ -101,7 +101,11 @@ class ApiSettings:
     worker_stale_after_s: float
     max_in_flight: int
     read_timeout_s: float
-    admin_token: str = field(repr=False)
+    keys: tuple[str, ...] = field(repr=False)
+    require_keys: bool
+    rate_limit_per_s: float
+    rate_limit_burst: float
+    max_body_bytes: int
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,21 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+#: Keys whose values are secrets: errors about them never quote the value.
+SECRET_KEYS = frozenset({"kafka.sasl_password", "redis.password", "redis.url", "api.keys"})
+
+
 def _coerce(key: str, value: Any, type_name: str) -> Any:
+    try:
+        return _coerce_value(key, value, type_name)
+    except ConfigError as exc:
+        if key in SECRET_KEYS:
+            raise ConfigError(f"{key} has the wrong type (the value is a secret: not shown)"
+                              ) from None
+        raise exc from None
+
+
+def _coerce_value(key: str, value: Any, type_name: str) -> Any:
     if type_name == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
@@ -383,8 +401,8 @@ def _check(s: Settings) -> None:
     if s.kafka.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
         raise ConfigError("kafka.sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     if s.redis.url and not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis.url must start with redis://, rediss:// or unix://: "
-                          f"{s.redis.url!r}")
+        raise ConfigError("redis.url must start with redis://, rediss:// or unix:// (the URL "
+                          "may hold a password: not shown)")
     positive = {
         "worker.batch_max": s.worker.batch_max,
         "worker.fetch_max_wait_ms": s.worker.fetch_max_wait_ms,
@@ -393,10 +411,17 @@ def _check(s: Settings) -> None:
         "validation.max_future_skew_s": s.validation.max_future_skew_s,
         "api.max_in_flight": s.api.max_in_flight,
         "api.read_timeout_s": s.api.read_timeout_s,
+        "api.max_body_bytes": s.api.max_body_bytes,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if s.api.rate_limit_per_s < 0 or s.api.rate_limit_burst < 1:
+        raise ConfigError("api.rate_limit_per_s must be >= 0 (0 = off) and api.rate_limit_burst "
+                          ">= 1")
+    # The API's own parser: one definition of a key.
+    from engine.api.auth import parse_keys
+    parse_keys(s.api.keys)
     if not s.redis.namespace or any(c in s.redis.namespace for c in "{} "):
         raise ConfigError(f"redis.namespace must be non-empty without braces or spaces: "
                           f"{s.redis.namespace!r}")

@@ -83,14 +83,23 @@ def embedded_stack(settings: Settings, base_env: Mapping[str, str],
         say(f"  worker   ready (pid {worker.pid}, log {worker.log_path})")
         port = emb.api_port or free_port(emb.host)
         api_url = f"http://{emb.host}:{port}"
-        token = settings.api.admin_token or secrets.token_urlsafe(24)   # this run's, unless set
+        api_env = {**env}
+        key_file = run_dir / "admin.key"
+        if not settings.api.keys:
+            # No keys configured: an admin key for this run only, in a file only this user can
+            # read (printing it would leave it in terminal logs).
+            token = secrets.token_urlsafe(24)
+            key_file.touch(mode=0o600)
+            key_file.chmod(0o600)
+            key_file.write_text(token + "\n")
+            api_env["ENGINE_API_KEYS"] = orjson.dumps([f"operator:admin:{token}"]).decode()
         api = ManagedProcess("api", [sys.executable, "-m", "engine", "api", "--host", emb.host,
                                      "--port", str(port)], run_dir / "api.log",
-                             env={**env, "ENGINE_API_ADMIN_TOKEN": token}, url=api_url)
+                             env=api_env, url=api_url)
         sup.add_and_start(api, lambda: _http_ok(api_url + "/healthz"), timeout=30)
         say(f"  api      {api_url}  (docs {api_url}/docs, metrics {api_url}/metrics)")
-        if not settings.api.admin_token:
-            say(f"  admin    bearer token for price overrides (this run): {token}")
+        if not settings.api.keys:
+            say(f"  admin    API key for price overrides (this run): in {key_file}")
         say(f"  others   ENGINE_KAFKA_URL={live.kafka.url} ENGINE_REDIS_URL={live.redis.url} "
             "engine prices follow")
         say(f"  ready in {time.monotonic() - started:.1f} s")

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
 from engine import __version__, views
+from engine.api.auth import Gate
 from engine.api.docs import DOCS_HTML
 from engine.api.guard import Guard
 from engine.api.ingest import Ingestor
@@ -128,6 +129,9 @@ def create_api(settings: Settings, catalogue: Catalogue) -> FastAPI:
     stocking = StockingReader(store, catalogue, settings)
     app.include_router(StockingRoutes(settings, stocking, recommender).router)
     app.include_router(StatusRoutes(settings, store, catalogue, stocking).router)
+    # Starlette runs the last added outermost: Guard (shedding, metrics of every answer) sees
+    # the Gate's refusals too.
+    app.add_middleware(Gate, settings=settings.api)
     app.add_middleware(Guard, max_in_flight=settings.api.max_in_flight,
                        read_timeout_s=settings.api.read_timeout_s)
 

@@ -16,10 +16,11 @@ answers ``/healthz`` while the broker is down; ``stop`` flushes and closes it)::
 
 Statuses: 200 whenever the batch was judged (even if every event was rejected); 403 for a topic
 fed by internal systems (competitor prices, inventory, catalogue, outputs); 413 for a body over
-``MAX_EVENTS * validation.max_event_bytes``; 422 for a body that is not JSON or not the documented
-shape (``{"events": [{"topic": ..., "event": {...}}, ...]}``, 1 to ``MAX_EVENTS`` items); 503 when
-the broker cannot be reached or does not confirm an event in time (the body lists those indexes:
-they may or may not be on the topic, so a retry can duplicate them; ``event_id`` tells them apart).
+``api.max_body_bytes`` or ``MAX_EVENTS * validation.max_event_bytes``; 422 for a body that is
+not JSON or not the documented shape (``{"events": [{"topic": ..., "event": {...}}, ...]}``,
+1 to ``MAX_EVENTS`` items); 503 when the broker cannot be reached or does not confirm an event
+in time (the body lists those indexes: they may or may not be on the topic, so a retry can
+duplicate them; ``event_id`` tells them apart).
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ class Ingestor:
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
         self.router = APIRouter(
-            route_class=_bounded_route(MAX_EVENTS * settings.validation.max_event_bytes))
+            route_class=_bounded_route(min(settings.api.max_body_bytes,
+                                           MAX_EVENTS * settings.validation.max_event_bytes)))
         self.router.add_api_route(
             "/v1/events", self._ingest, methods=["POST"], tags=["ingest"],
             operation_id="ingest_events",

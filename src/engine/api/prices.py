@@ -1,5 +1,6 @@
 """Price endpoints: an item's current price with its reasons, its recent changes, and the
-pricing team's override (admin, bearer token).
+pricing team's override (admin scope: ``engine.api.auth`` checks the key before any of this
+runs).
 
 An override is not written to Redis by the API: it is sent as a price signal to the item's
 partition of ``price-signals``, so the pricing stage applies it in order with everything else,
@@ -9,7 +10,6 @@ the partition and offset; the price follows within the worker's latency.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import time
@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Body, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
@@ -69,8 +69,9 @@ class PriceRoutes:
             summary="The item's latest price changes, newest first, as published on prices",
             responses={404: {"description": "the engine has not priced this item"}})
         auth: dict[int | str, dict[str, Any]] = {
-            401: {"description": "missing or wrong bearer token"},
-            403: {"description": "overrides are off (api.admin_token is not set)"},
+            401: {"description": "no API key, or an unknown one"},
+            403: {"description": "the key lacks the admin scope, or no admin key is "
+                  "configured"},
             503: {"description": "the broker did not take the override; retry"}}
         self.router.add_api_route(
             "/v1/items/{item_id}/price/override", self.put_override, methods=["PUT"],
@@ -98,10 +99,8 @@ class PriceRoutes:
                                 "named it yet, or pricing is off")
         return {"item_id": item_id, "changes": changes}
 
-    async def put_override(self, item_id: str = ItemId,
-                           body: OverrideRequest = OVERRIDE_BODY,
-                           authorization: str | None = Header(None)) -> JSONResponse:
-        self._authorise(authorization)
+    async def put_override(self, request: Request, item_id: str = ItemId,
+                           body: OverrideRequest = OVERRIDE_BODY) -> JSONResponse:
         now = int(time.time() * 1000)
         expires = body.expires_ms if body.expires_ms is not None \
             else now + round((body.ttl_minutes or 0) * 60_000)
@@ -111,28 +110,15 @@ class PriceRoutes:
             raise HTTPException(422, f"an override lasts at most {MAX_OVERRIDE_DAYS} days")
         signal = {"event_id": f"ov-{secrets.token_hex(8)}", "event_time_ms": now,
                   "item_id": item_id, "kind": "override", "price": round(body.price, 2),
-                  "expires_ms": expires, "by": body.by or "api", "note": body.note}
+                  "expires_ms": expires, "by": body.by or _caller(request), "note": body.note}
         return await self._send(item_id, signal, {"price": signal["price"],
                                                   "expires_ms": expires})
 
-    async def delete_override(self, item_id: str = ItemId,
-                              authorization: str | None = Header(None)) -> JSONResponse:
-        self._authorise(authorization)
+    async def delete_override(self, request: Request, item_id: str = ItemId) -> JSONResponse:
         now = int(time.time() * 1000)
         signal = {"event_id": f"ov-{secrets.token_hex(8)}", "event_time_ms": now,
-                  "item_id": item_id, "kind": "override_clear"}
+                  "item_id": item_id, "kind": "override_clear", "by": _caller(request)}
         return await self._send(item_id, signal, None)
-
-    def _authorise(self, authorization: str | None) -> None:
-        token = self.settings.api.admin_token
-        if not token:
-            raise HTTPException(403, "price overrides are off: set api.admin_token "
-                                "(ENGINE_API_ADMIN_TOKEN) to enable them")
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 token.encode()):
-            raise HTTPException(401, "admin endpoint: send Authorization: Bearer <token>",
-                                headers={"WWW-Authenticate": "Bearer"})
 
     async def _send(self, item_id: str, signal: dict[str, Any],
                     override: dict[str, Any] | None) -> JSONResponse:
@@ -152,3 +138,8 @@ class PriceRoutes:
                              "offset": meta.offset,
                              "detail": "the pricing stage applies it in order; GET "
                              f"/v1/items/{item_id}/price shows it"}, 202)
+
+
+def _caller(request: Request) -> str:
+    """The name of the API key that made the request (set by ``engine.api.auth.Gate``)."""
+    return str(request.scope.get("engine.caller", "api"))
