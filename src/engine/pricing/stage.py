@@ -170,6 +170,8 @@ class PricingStage:
         out: dict[int, list[Op]] = {}
         last_item: dict[str, int] = {}
         last_model: dict[str, int] = {}
+        stepped: dict[str, int] = {}   # signals the model stepped on, by kind
+        last_offset = -1
         changes: list[tuple[bytes | None, bytes, int | None]] = []
         for n, (offset, signal) in enumerate(signals):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
@@ -195,6 +197,8 @@ class PricingStage:
                 self._reject(ops, UNPROCESSABLE)
                 continue
             last_item[item] = offset
+            stepped[signal["kind"]] = stepped.get(signal["kind"], 0) + 1
+            last_offset = offset
             if category:
                 last_model[category] = offset
             if outcome.rejected:
@@ -215,6 +219,8 @@ class PricingStage:
             model = models[category]
             out[offset].append(("hset", "pxm", category, _dumps(
                 {"weights": model.weights, "intercept": model.intercept})))
+        for kind, n in sorted(stepped.items()):   # exactly once per signal (fault tests)
+            out[last_offset].append(("hincrby", "pxstats", f"steps:{kind}", str(n)))
         marks.write(out, "pxsrc")
         if changes:   # on the broker before the state moves on: a crash re-publishes
             publishing = time.perf_counter()

@@ -38,6 +38,11 @@ def decode(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float64)
 
 
+def _as_stored(vector: Any) -> np.ndarray:
+    """``vector`` rounded to the float32 it is stored as."""
+    return np.asarray(vector, dtype="<f4").astype(np.float64)
+
+
 def initial(entity: str, n: int) -> np.ndarray:
     """A new vector, the same on every worker and every replay."""
     rng = np.random.default_rng(zlib.crc32(entity.encode()))
@@ -87,15 +92,19 @@ class PersonalModel:
             model.learn_one(user, item, 1.0)
             for j in negatives:
                 model.learn_one(user, j, 0.0)
-            uvec[user] = np.array(model.u_latents[user])
+            # rounded as stored: the next event sees the same vector whether it comes in this
+            # batch or the next (a replay cut differently must learn the same bits)
+            uvec[user] = _as_stored(model.u_latents[user])
             ops: list[Op] = [("hset", "mf:u", user, encode(uvec[user]))]
             for j in (item, *negatives):
-                ivec[j] = np.array(model.i_latents[j])
+                ivec[j] = _as_stored(model.i_latents[j])
                 ops.append(("hset", "mf:i", j, encode(ivec[j])))
             ops.append(("lpushcap", "mf:ring", item, str(self.s.mf_ring)))
             ring.insert(0, item)
             del ring[self.s.mf_ring:]
             out[offset] = ops
+        # one model update per positive: the count proves exactly-once learning (fault tests)
+        out[positives[-1][0]].append(("hincrby", "stats", "mf_updates", str(len(positives))))
         return out
 
     def _negatives(self, event_id: str, item: str, ring: list[str]) -> list[str]:
