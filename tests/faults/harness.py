@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +170,12 @@ class Stack:
         crash(proc)
         self.workers.remove(proc)
 
-    def crash_redis(self) -> None:
-        """SIGKILL Redis and start it again on the same port from its append-only file."""
+    def crash_redis(self, before_restart: Callable[[], object] | None = None) -> None:
+        """SIGKILL Redis and start it again on the same port from its append-only file
+        (``before_restart`` may damage the file first, as a power loss would)."""
         crash(self.redis)
+        if before_restart is not None:
+            before_restart()
         port = int(self.settings.redis.url.rsplit(":", 1)[1].split("/")[0])   # redis://h:p/0
         self.redis = start_redis(self.run_dir / "redis", port=port, fresh=False)
 
