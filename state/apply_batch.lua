@@ -34,6 +34,9 @@ Op codes (key is relative to the shard prefix):
                 their `top_n` best members; then a joins the history at time t (kept to the
                 `history` most recent items).
   lpushcap      LPUSH key a, LTRIM to the newest b entries (bounded recent history)
+  seenid        ZADD key <offset> a: event id a was applied at this offset; the sorted set keeps
+                the latest b ids (trimmed once it is a quarter over): the worker dead-letters a
+                later event with an id still in it (duplicate_event_id)
 
 An event whose offset is at or below the watermark was applied before (Kafka re-delivered it
 after a crash or rebalance) and is skipped whole. Every op, and every number it carries, is
@@ -77,7 +80,7 @@ end
 -- what the fourth field of each op must be
 local check = {hincrby = integer, hincrbyfloat = finite, hset = anything, hsetmax = finite,
                hsetlatest = stamped, zincrby = finite, lpushcap = integer,
-               covisit = covisit_spec, hdel = anything, custbuy = integer}
+               covisit = covisit_spec, hdel = anything, custbuy = integer, seenid = integer}
 
 for _, event in ipairs(batch) do
   for _, op in ipairs(event[2]) do
@@ -152,6 +155,9 @@ for _, event in ipairs(batch) do
         if redis.call('ZCARD', key) > history then
           redis.call('ZREMRANGEBYRANK', key, 0, -(history + 1))
         end
+      elseif code == 'seenid' then
+        redis.call('ZADD', key, offset, a)
+        prune(key, tonumber(b))
       elseif code == 'lpushcap' then
         redis.call('LPUSH', key, a)
         redis.call('LTRIM', key, 0, tonumber(b) - 1)

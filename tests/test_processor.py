@@ -82,3 +82,25 @@ async def test_redis_losing_writes_under_a_running_worker_is_fatal(
     with pytest.raises(WatermarkRegressed, match="lost acknowledged writes"):
         await processor.process("clicks", later)
     assert await store.watermark("clicks", 0) == 1               # nothing applied past the gap
+
+
+async def test_a_repeated_event_id_is_dead_lettered_but_a_redelivery_is_skipped(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    letters = Letters()
+    processor = BatchProcessor(store, Validator(catalogue, settings.validation), letters,
+                               dedupe=frozenset({"clicks"}), dedupe_window=4)
+    first = _records([_view(0), _view(1), _view(1)])               # a repeat within the batch
+    await processor.process("clicks", first)
+    await processor.process("clicks", first)                       # Kafka re-delivers: skipped
+    later = [RawRecord(0, 3, NOW_MS, b"u", _view(0)),               # a producer's retry
+             *[RawRecord(0, 4 + i, NOW_MS, b"u", _view(10 + i)) for i in range(6)]]
+    await processor.process("clicks", later)
+    stats = await pipeline_stats(store, catalogue)
+    assert stats["dlq"] == {"duplicate_event_id": 2}
+    assert stats["topics"]["clicks"]["valid"] == 8
+    assert letters.sent == [("clicks", 2, "duplicate_event_id"),
+                            ("clicks", 3, "duplicate_event_id")]
+    # the window is bounded: 4 ids (+25 % slack before trimming)
+    assert await store.client.zcard(store.shard("clicks", 0) + "ids") <= 5
+    await processor.process("clicks", [RawRecord(0, 10, NOW_MS, b"u", _view(0))])
+    assert (await pipeline_stats(store, catalogue))["dlq"] == {"duplicate_event_id": 2}

@@ -88,6 +88,7 @@ class ValidationSettings:
     max_event_bytes: int
     max_future_skew_s: float
     min_event_time: str
+    dedupe_window: int
 
     @property
     def min_event_time_ms(self) -> int:

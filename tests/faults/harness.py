@@ -10,7 +10,7 @@ happened to be cut, so only their commutative figures must match: the signals st
 kind (one model update each), the source marks, the rejections. Decisions published on
 `prices` must not repeat an id.
 
-Sizes: the default is the short version run by CI; ``ENGINE_FAULTS=full`` runs the issue's
+Sizes: the default is the short version run by CI; ``FAULT_SUITE=full`` runs the issue's
 (100,000+ real events, 20+ crashes, ...) and writes each test's figures to
 ``benchmarks/results/faults/<test>.json``.
 """
@@ -47,7 +47,7 @@ from engine.store import StateStore
 
 from ..conftest import REPO, WORKER_JOIN_TIMEOUT_S, assigned_partitions, worker_env
 
-FULL = os.environ.get("ENGINE_FAULTS", "") == "full"
+FULL = os.environ.get("FAULT_SUITE", "") == "full"
 RESULTS = REPO / "benchmarks" / "results" / "faults"
 ITEM_TOPIC = "price-signals"
 SOURCES = ("rees46", "online_retail", "competitor_prices", "hammer")

@@ -180,7 +180,9 @@ class Worker:
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
                                         self._dead_letter, core=decision_core(settings),
                                         stages=stages, listeners=[self.views.observe],
-                                        forward=forward, untimed=frozenset({PRICE_SIGNALS}))
+                                        forward=forward, untimed=frozenset({PRICE_SIGNALS}),
+                                        dedupe=frozenset(t.name for t in catalogue.inputs),
+                                        dedupe_window=settings.validation.dedupe_window)
         self._dlq = {t.name: self.app.topic(catalogue.dlq(t.name)) for t in consumed}
         self._inputs = {t.name: self.app.topic(t.name, partitions=t.partitions)
                         for t in consumed}

@@ -78,9 +78,16 @@ class BatchProcessor:
                  core: Callable[[str, dict[str, Any]], list[Op]] = ops_for,
                  stages: Sequence[Stage] = (),
                  listeners: Sequence[Callable[[str, list[dict[str, Any]]], None]] = (),
-                 forward: Forward | None = None, untimed: frozenset[str] = frozenset()
+                 forward: Forward | None = None, untimed: frozenset[str] = frozenset(),
+                 dedupe: frozenset[str] = frozenset(), dedupe_window: int = 0
                  ) -> None:
         self.store = store
+        #: topics whose events are dead-lettered as duplicate_event_id when their event_id was
+        #: applied before in the same partition, among its latest ``dedupe_window`` (producer
+        #: retries, replays of a feed): re-deliveries by Kafka are skipped by the watermark
+        #: before this, so they are never mistaken for duplicates
+        self.dedupe = dedupe if dedupe_window > 0 else frozenset()
+        self.dedupe_window = dedupe_window
         #: re-keys events for a downstream stage (price signals); it is sent for every valid
         #: record, re-deliveries included, and awaited before the batch is acknowledged, so a
         #: crash re-sends rather than loses (the receiver skips what it already counted)
@@ -115,6 +122,7 @@ class BatchProcessor:
         fresh: list[RawRecord] = []
         letters: list[Awaitable[object]] = []
         forwarded: list[tuple[int, int, dict[str, Any]]] = []
+        judged: list[tuple[RawRecord, dict[str, Any] | Rejection]] = []
         for record in records:
             if record.offset <= self.watermarks.get((topic, record.partition), -1):
                 metrics.EVENTS.labels(topic, "duplicate").inc()
@@ -124,13 +132,19 @@ class BatchProcessor:
                     if not isinstance(again, Rejection):
                         forwarded.append((record.partition, record.offset, again))
                 continue
-            checked = self.validator.check(topic, record.value, record.timestamp_ms)
+            judged.append((record, self.validator.check(topic, record.value,
+                                                        record.timestamp_ms)))
+        if topic in self.dedupe:
+            judged = await self._reject_repeated_ids(topic, judged)
+        for record, checked in judged:
             if isinstance(checked, Rejection):
                 letters.append(await self.dead_letter(topic, record, checked))
                 metrics.DEAD_LETTERS.labels(topic, checked.reason).inc()
                 ops = dead_letter_ops(checked.reason)
             else:
                 ops = self.core(topic, checked)
+                if topic in self.dedupe:
+                    ops.append(("seenid", "ids", checked["event_id"], str(self.dedupe_window)))
                 valid.setdefault(record.partition, []).append((record.offset, checked))
                 if self.forward is not None:
                     forwarded.append((record.partition, record.offset, checked))
@@ -168,6 +182,35 @@ class BatchProcessor:
                 listener(topic, events)
         metrics.BATCH_SIZE.observe(len(records))
         self._account(topic, fresh, skipped)
+
+    async def _reject_repeated_ids(
+            self, topic: str, judged: list[tuple[RawRecord, dict[str, Any] | Rejection]]
+    ) -> list[tuple[RawRecord, dict[str, Any] | Rejection]]:
+        """Valid events whose event_id the partition applied before (kept in its shard's
+        ``ids``, one read per partition) or earlier in this batch become rejections."""
+        ids: dict[int, list[str]] = {}
+        for record, checked in judged:
+            if not isinstance(checked, Rejection):
+                ids.setdefault(record.partition, []).append(checked["event_id"])
+        if not ids:
+            return judged
+        pipe = self.store.client.pipeline(transaction=False)
+        for partition, names in ids.items():
+            pipe.zmscore(self.store.shard(topic, partition) + "ids", names)
+        seen = {(partition, name) for (partition, names), scores
+                in zip(ids.items(), await pipe.execute(), strict=True)
+                for name, score in zip(names, scores, strict=True) if score is not None}
+        out: list[tuple[RawRecord, dict[str, Any] | Rejection]] = []
+        for record, checked in judged:
+            if not isinstance(checked, Rejection):
+                key = (record.partition, checked["event_id"])
+                if key in seen:
+                    checked = Rejection("duplicate_event_id", f"event_id {key[1]!r} was "
+                                        f"already applied in {topic}[{record.partition}]")
+                else:
+                    seen.add(key)
+            out.append((record, checked))
+        return out
 
     def _delivered(self, topic: str, records: Sequence[RawRecord]) -> None:
         now_ms = self.clock() * 1000.0
