@@ -85,7 +85,8 @@ def expected_partitions(catalogue: Catalogue) -> set[str]:
 
 
 def assigned_partitions(settings: Settings) -> set[str]:
-    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(
+        settings.redis.url, decode_responses=True)
     try:
         beats = client.hgetall(f"{settings.redis.namespace}:workers")
     finally:

@@ -114,13 +114,18 @@ class Stack:
     settings: Settings = dataclasses.field(init=False)
     broker: ManagedProcess = dataclasses.field(init=False)
     redis: ManagedProcess = dataclasses.field(init=False)
+    #: a Redis Cluster seed URL to keep state in, instead of a Redis of the stack's own
+    cluster_url: str = ""
     workers: list[ManagedProcess] = dataclasses.field(default_factory=list)
     started_workers: int = 0
 
     def __post_init__(self) -> None:
         self.broker = start_broker(self.run_dir / "broker")
         self.redis = start_redis(self.run_dir / "redis", fresh=True)
-        live = self.base.with_urls(self.broker.url, self.redis.url)
+        live = self.base.with_urls(self.broker.url, self.cluster_url or self.redis.url)
+        if self.cluster_url:
+            live = dataclasses.replace(live, redis=dataclasses.replace(
+                live.redis, cluster=True, namespace=f"faults{uuid.uuid4().hex[:6]}"))
         self.settings = dataclasses.replace(live, worker=dataclasses.replace(
             live.worker, group_id=f"faults-{uuid.uuid4().hex[:8]}"))
         create_topics(self.broker.url, self.catalogue.creation_plan(), replication_factor=1)
@@ -128,7 +133,9 @@ class Stack:
     def store(self) -> StateStore:
         return StateStore.open(self.settings.redis)
 
-    def client(self) -> redis.Redis:
+    def client(self) -> redis.Redis | redis.RedisCluster:
+        if self.settings.redis.cluster:
+            return redis.RedisCluster.from_url(self.settings.redis.url, decode_responses=True)
         return redis.Redis.from_url(self.settings.redis.url, decode_responses=True)
 
     def start_worker(self, wait: bool = True, **env: str) -> ManagedProcess:
@@ -137,7 +144,8 @@ class Stack:
             f"worker-{self.started_workers}",
             [sys.executable, "-m", "engine", "--log-level", "info", "worker", "--loglevel",
              "info"], self.run_dir / f"worker-{self.started_workers}.log",
-            env=worker_env(self.settings, ENGINE_KAFKA_CREATE_TOPICS="false", **env))
+            env=worker_env(self.settings, ENGINE_KAFKA_CREATE_TOPICS="false",
+                           ENGINE_REDIS_CLUSTER=str(self.settings.redis.cluster).lower(), **env))
         proc.start()
         self.workers.append(proc)
         if wait:
