@@ -34,7 +34,8 @@ Op codes (key is relative to the shard prefix):
                 their `top_n` best members; then a joins the history at time t (kept to the
                 `history` most recent items).
   lpushcap      LPUSH key a, LTRIM to the newest b entries (bounded recent history)
-  seenid        ZADD key <offset> a: event id a was applied at this offset; the sorted set keeps
+  seenid        ZADD key <epoch * 1e12 + offset> a: event id a was applied at this position (the
+                epoch key counts the times the broker lost the log); the sorted set keeps
                 the latest b ids (trimmed once it is a quarter over): the worker dead-letters a
                 later event with an id still in it (duplicate_event_id)
 
@@ -53,6 +54,8 @@ if ARGV[3] ~= '' then
 end
 local prefix = ARGV[1]
 local batch = cjson.decode(ARGV[2])
+-- the partition's log epoch: moves on when the broker lost the log and offsets start again
+local epoch = tonumber(redis.call('GET', prefix .. 'epoch') or '0')
 
 local function integer(x)  -- as Redis's integer commands read it: digits only, 64-bit range
   return string.match(x, '^-?%d+$') ~= nil and #x <= 18
@@ -156,7 +159,7 @@ for _, event in ipairs(batch) do
           redis.call('ZREMRANGEBYRANK', key, 0, -(history + 1))
         end
       elseif code == 'seenid' then
-        redis.call('ZADD', key, offset, a)
+        redis.call('ZADD', key, epoch * 1e12 + offset, a)
         prune(key, tonumber(b))
       elseif code == 'lpushcap' then
         redis.call('LPUSH', key, a)

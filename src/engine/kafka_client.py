@@ -36,3 +36,25 @@ def faust_credentials(k: KafkaSettings) -> Any:
         return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
                                      mechanism=k.sasl_mechanism, ssl_context=context)
     return faust.SSLCredentials(context) if context is not None else None
+
+
+NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def topic_ids(k: KafkaSettings, topics: list[str]) -> dict[str, str | None]:
+    """Each topic's id (Kafka 2.8+, Redpanda, Tansu; None where the broker has none). Blocking:
+    run it in a thread. A topic that is deleted and created again gets a new id, which is how
+    a worker tells a new log from the one its watermarks describe."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=k.url, client_id="engine-topic-ids",
+                             **k.kafka_python_options())
+    try:
+        out: dict[str, str | None] = {}
+        for topic in admin.describe_topics(topics):
+            value = topic.get("topic_id")
+            text = str(value) if value else ""
+            out[topic["name"]] = text if text and text != NO_TOPIC_ID else None
+        return out
+    finally:
+        admin.close()

@@ -27,6 +27,8 @@ REDIS_ERRORS = Counter("engine_redis_errors_total", "Redis calls that failed and
 BROKER_ERRORS = Counter("engine_broker_errors_total", "Failed sends to the broker", ["topic"])
 LAG = Gauge("engine_consumer_lag", "Records in the partition not yet applied to state",
             ["topic", "partition"])
+LOG_RESETS = Counter("engine_log_resets_total", "Partitions whose broker log was found to end "
+                     "below the Redis watermark (log lost); their offsets start again", ["topic"])
 ASSIGNED = Gauge("engine_assigned_partitions", "Input partitions assigned to this worker")
 VIEWS_REFRESHED = Counter("engine_reco_views_refreshed_total",
                           "Recommendation neighbour views rebuilt by this worker")

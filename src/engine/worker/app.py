@@ -30,8 +30,8 @@ from engine.config import Settings, item_stages_enabled
 from engine.contracts import Catalogue, Rejection, Validator
 from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
-from engine.kafka_client import faust_credentials
-from engine.pricing.stage import PricingStage, SignalForwarder
+from engine.kafka_client import faust_credentials, topic_ids
+from engine.pricing.stage import SOURCE_SLOTS, PricingStage, SignalForwarder
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.stocking.stage import StockingStage
@@ -189,6 +189,8 @@ class Worker:
         for name, topic in self._inputs.items():
             self._add_agent(name, topic)
         self.app.resume_from = self._resume_from  # type: ignore[attr-defined]
+        # Faust may seek twice for one assignment: one check at a time
+        self._resuming = asyncio.Lock()
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.timer(settings.worker.heartbeat_interval_s)(self._heartbeat)
         self.app.timer(1.0)(self._flush_latency)
@@ -275,6 +277,10 @@ class Worker:
     async def _resume_from(self, committed: dict[TP, int | None]) -> dict[TP, int]:
         """On assignment: load the Redis watermarks; where Redis is behind Kafka's committed
         offset, return the offset to resume from (the first record Redis has not applied)."""
+        async with self._resuming:
+            return await self._resume_from_locked(committed)
+
+    async def _resume_from_locked(self, committed: dict[TP, int | None]) -> dict[TP, int]:
         mine = sorted((tp.topic, tp.partition) for tp in self.app.consumer.assignment()
                       if tp.topic in self._inputs)
         self.processor.watermarks.clear()
@@ -289,6 +295,7 @@ class Worker:
         else:
             raise StateError("Redis unavailable: cannot read the watermarks of the assignment")
         metrics.ASSIGNED.set(len(mine))
+        await self._reset_lost_logs(mine)
         marks = {TP(t, p): self.processor.watermarks[(t, p)] for t, p in mine}
         seeks = resume_offsets(marks, committed)
         for tp, offset in seeks.items():
@@ -299,6 +306,54 @@ class Worker:
                  {f"{tp.topic}:{tp.partition}": wm for tp, wm in marks.items()})
         await self._heartbeat()
         return seeks
+
+    async def _reset_lost_logs(self, mine: list[tuple[str, int]]) -> None:
+        """Where the broker lost a partition's log, its offsets start again, and a watermark
+        left as it is would skip every new record as a re-delivery. Two signs, checked on
+        every assignment:
+
+        * the topic's id (Kafka 2.8+, Redpanda, Tansu) differs from the one stored with the
+          shard: the topic was created again (a broker that keeps no data restarted, a topic
+          deleted and re-created). The watermark goes back to -1.
+        * the log ends at or below the watermark under the same id: it was truncated (an
+          unclean leader election). The watermark goes back to the log's end - 1, so records
+          appended from there on count; the ones lost stay counted.
+
+        Without topic ids the second sign alone resets to -1; event ids remembered in the
+        dedupe window then turn any record applied before into a dead letter, not a double
+        count. Either way the shard's epoch moves on and a critical line is logged.
+        """
+        if not mine:
+            return
+        topics = sorted({t for t, _ in mine})
+        ids = await asyncio.to_thread(topic_ids, self.settings.kafka, topics)
+        stored = await self.store.log_ids(mine)
+        ends = await self.app.consumer.highwaters(*[TP(t, p) for t, p in mine])
+        item_shards = [(PRICE_SIGNALS, p)
+                       for p in range(self.catalogue.topics[PRICE_SIGNALS].partitions)]
+        for topic, partition in mine:
+            mark = self.processor.watermarks[(topic, partition)]
+            current, before = ids.get(topic), stored.get((topic, partition))
+            end = ends.get(TP(topic, partition))
+            resume: int | None = None
+            if current and before and current != before and mark >= 0:
+                resume, why = -1, f"topic id {before} is now {current}: the topic was created again"
+            elif mark >= 0 and end is not None and end <= mark:
+                same = bool(current and before == current)
+                resume = end - 1 if same else -1
+                why = (f"the log ends at offset {end}, below the watermark {mark}"
+                       + (" under the same topic id: truncated" if same else ""))
+            if resume is not None:
+                epoch = await self.store.reset_log(
+                    topic, partition, resume, item_shards if topic != PRICE_SIGNALS else (),
+                    None if resume < 0 else (resume + 1) * SOURCE_SLOTS - 1)
+                self.processor.watermarks[(topic, partition)] = resume
+                metrics.LOG_RESETS.labels(topic).inc()
+                log.critical("%s:%d: the broker lost records this engine applied (%s). The log "
+                             "was lost: resuming after offset %d (epoch %d); records applied "
+                             "before stay counted.", topic, partition, why, resume, epoch)
+            if current and current != before:
+                await self.store.set_log_id(topic, partition, current)
 
     def _assigned(self) -> list[tuple[str, int]]:
         consumer = self.app.consumer
