@@ -1,0 +1,207 @@
+"""Soak: the embedded stack under steady load for a long time; does memory stay flat?
+
+    python benchmarks/soak.py                      # 30 minutes at 320 events/s (half the
+                                                   # ceiling measured by `engine bench`)
+    python benchmarks/soak.py --minutes 5 --rate 200 --out /tmp/soak
+
+Real events (the bench's mix: REES46, Online Retail, competitor prices in the demo's topic
+shares, after the catalogue and opening stock of the items they touch) are sent open loop at a
+fixed rate; the cycle repeats with suffixed event ids (DERIVED, as in `engine bench`), so users
+and items come back and every per-user and per-item structure meets its pruning bound. A query
+client asks the API for recommendations and prices meanwhile. Every 10 s it samples the RSS of
+the worker (with its item-stage and view children) and of the API from /proc, Redis's
+used_memory and key count, and the events applied.
+
+Verdict, written to ``benchmarks/results/soak/`` (``soak.json``, ``report.md``): RSS of the
+last fifth of the run against the second fifth (the first is warm-up), per process, must be
+within 10 %; Redis memory's growth over the second half is reported next to its key count, and
+must level off (the bounds: state/KEYS.md's caps per user, item, neighbour list and the dedupe
+window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import requests
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.openloop import Generator  # noqa: E402
+from benchmarks.procstat import children  # noqa: E402
+from benchmarks.report import machine_info  # noqa: E402
+from benchmarks.suite import build  # noqa: E402
+from engine.config import Settings, load_settings  # noqa: E402
+from engine.contracts import load_catalogue  # noqa: E402
+from engine.stack import embedded_stack, say  # noqa: E402
+
+SAMPLE_S = 10.0
+CHUNK_S = 60.0
+#: Half of the 1-worker throughput `engine bench` measured on the 2-core machine (640/s).
+DEFAULT_RATE = 320.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MB."""
+    total = 0
+    for p in [pid, *children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def sample(stack: Any, client: redis.Redis, started: float) -> dict[str, Any]:
+    procs = {p.name: p.pid for p in stack.supervisor.processes if p.pid}
+    info = client.info("memory")
+    stats = client.hgetall(f"{stack.settings.redis.namespace}:workers")
+    applied = sum(orjson.loads(v).get("applied", 0) for v in stats.values())
+    return {"t_s": round(time.monotonic() - started, 1),
+            "worker_rss_mb": round(rss_mb(procs["worker"]), 1),
+            "api_rss_mb": round(rss_mb(procs["api"]), 1),
+            "redis_used_mb": round(info["used_memory"] / 2**20, 1),
+            "redis_keys": client.dbsize(), "applied": applied}
+
+
+def queries(api_url: str, users: list[str], items: list[str], rps: float,
+            stop: threading.Event, counts: dict[str, int]) -> None:
+    session = requests.Session()
+    i = 0
+    while not stop.is_set():
+        paths = [f"/v1/users/{users[i % len(users)]}/recommendations",
+                 f"/v1/items/{items[i % len(items)]}/price"]
+        try:
+            status = session.get(api_url + paths[i % 2], timeout=5).status_code
+            counts[str(status)] = counts.get(str(status), 0) + 1
+        except requests.RequestException:
+            counts["error"] = counts.get("error", 0) + 1
+        i += 1
+        stop.wait(1.0 / rps)
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in rows) / max(len(rows), 1)
+
+
+def verdict(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(samples)
+    fifth = max(n // 5, 1)
+    early, late = samples[fifth:2 * fifth], samples[-fifth:]
+    half = samples[n // 2:]
+    out: dict[str, Any] = {}
+    for key in ("worker_rss_mb", "api_rss_mb"):
+        a, b = mean(early, key), mean(late, key)
+        out[key] = {"early": round(a, 1), "late": round(b, 1),
+                    "growth_pct": round(100 * (b - a) / a, 1) if a else None,
+                    "flat_within_10pct": bool(a) and abs(b - a) / a <= 0.10}
+    if half:
+        first, last = half[0], half[-1]
+        hours = (last["t_s"] - first["t_s"]) / 3600 or 1
+        out["redis"] = {"used_mb_start": samples[0]["redis_used_mb"],
+                        "used_mb_mid": first["redis_used_mb"], "used_mb_end": last["redis_used_mb"],
+                        "growth_mb_per_hour_second_half": round(
+                            (last["redis_used_mb"] - first["redis_used_mb"]) / hours, 1),
+                        "keys_mid": first["redis_keys"], "keys_end": last["redis_keys"]}
+    return out
+
+
+async def soak(stack: Any, settings: Settings, minutes: float, rate: float, query_rps: float
+               ) -> dict[str, Any]:
+    catalogue = load_catalogue()
+    total = int(minutes * 60 * rate)
+    mix, warm, users, items = build(settings, catalogue, total)
+    gen = Generator(stack.settings)
+    client = redis.Redis.from_url(stack.settings.redis.url, decode_responses=True)
+    samples: list[dict[str, Any]] = []
+    stop = threading.Event()
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+
+    async def sampler() -> None:
+        while not stop.is_set():
+            samples.append(sample(stack, client, started))
+            await asyncio.sleep(SAMPLE_S)
+
+    sampling = asyncio.create_task(sampler())
+    asker = threading.Thread(target=queries, daemon=True,
+                             args=(stack.api_url, users, items, query_rps, stop, counts))
+    try:
+        gen.load(mix.wire(0, warm))
+        await gen.run(0, warm, None)
+        asker.start()
+        step = int(CHUNK_S * rate)
+        late = 0.0
+        for start in range(warm, len(mix), step):
+            stop_at = min(start + step, len(mix))
+            gen.load(mix.wire(start, stop_at))
+            sent = await gen.run(0, stop_at - start, rate)
+            late = max(late, float(sent.late.max()) if len(sent.late) else 0.0)
+            if samples:
+                say(f"  soak   {samples[-1]['t_s'] / 60:5.1f} min  {samples[-1]}")
+    finally:
+        stop.set()
+        await sampling
+        gen.close()
+        client.close()
+    return {"minutes": minutes, "rate_eps": rate, "events": len(mix) - warm, "warm_up": warm,
+            "generator_max_late_s": round(late, 2), "queries": counts,
+            "samples": samples, "verdict": verdict(samples)}
+
+
+def report(result: dict[str, Any]) -> str:
+    v = result["verdict"]
+    lines = ["# Soak", "", f"{result['minutes']} minutes at {result['rate_eps']:g} events/s "
+             f"({result['events']:,} events; queries {result['queries']}).", "",
+             "| process | RSS early (MB) | RSS late (MB) | growth | flat within 10 % |",
+             "|---|---:|---:|---:|---|"]
+    for key, name in (("worker_rss_mb", "worker (+ children)"), ("api_rss_mb", "API")):
+        r = v[key]
+        lines.append(f"| {name} | {r['early']} | {r['late']} | {r['growth_pct']} % | "
+                     f"{'yes' if r['flat_within_10pct'] else 'NO'} |")
+    r = v.get("redis", {})
+    lines += ["", f"Redis used memory: {r.get('used_mb_start')} MB at the start, "
+              f"{r.get('used_mb_mid')} MB at half time, {r.get('used_mb_end')} MB at the end "
+              f"({r.get('growth_mb_per_hour_second_half')} MB/hour over the second half); keys "
+              f"{r.get('keys_mid')} -> {r.get('keys_end')}.", "",
+              f"Machine: {result['machine']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--rate", type=float, default=DEFAULT_RATE, help="events/s")
+    ap.add_argument("--query-rps", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "soak")
+    args = ap.parse_args(argv)
+    settings = load_settings(None, os.environ)
+    say(f"soak: {args.minutes:g} minutes at {args.rate:g} events/s")
+    with embedded_stack(settings, os.environ) as stack:
+        result = asyncio.run(soak(stack, settings, args.minutes, args.rate, args.query_rps))
+    result["machine"] = machine_info()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "soak.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    (args.out / "report.md").write_text(report(result))
+    print(report(result))
+    v = result["verdict"]
+    return 0 if v["worker_rss_mb"]["flat_within_10pct"] and v["api_rss_mb"][
+        "flat_within_10pct"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
