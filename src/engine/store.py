@@ -103,25 +103,19 @@ class StateStore:
         return int(value) if value is not None else -1
 
     async def reset_log(self, topic: str, partition: int, resume: int,
-                        item_shards: Sequence[tuple[str, int]] = (),
-                        item_mark: int | None = None) -> int:
+                        item_shards: Sequence[tuple[str, int]] = ()) -> int:
         """The broker lost records of the partition's log that this shard applied: the
         watermark goes back to ``resume`` (the log's new last known offset, -1 for a new log)
         and the shard's epoch moves on (event ids remembered before keep their place in the
-        dedupe window). The item stages' shards (``item_shards``) set this partition's source
-        marks back to ``item_mark`` (None: forget them), or the new log's signals would look
-        re-sent. Returns the new epoch.
+        dedupe window). The item stages' shards (``item_shards``) forget this partition's
+        source marks, or the new log's signals would look re-sent. Returns the new epoch.
         Safe to repeat after a crash half way."""
         shard = self.shard(topic, partition)
         epoch = int(await self.client.incr(shard + "epoch"))
         source = f"{topic}:{partition}"
         for item_topic, p in item_shards:
             for marks in ("pxsrc", "stsrc"):
-                key = self.shard(item_topic, p) + marks
-                if item_mark is None:
-                    await self.client.hdel(key, source)
-                elif await self.client.hexists(key, source):
-                    await self.client.hset(key, source, item_mark)
+                await self.client.hdel(self.shard(item_topic, p) + marks, source)
         await self.client.set(shard + "wm", resume)
         return epoch
 

@@ -31,7 +31,7 @@ from engine.contracts import Catalogue, Rejection, Validator
 from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
 from engine.kafka_client import faust_credentials, topic_ids
-from engine.pricing.stage import SOURCE_SLOTS, PricingStage, SignalForwarder
+from engine.pricing.stage import PricingStage, SignalForwarder
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.stocking.stage import StockingStage
@@ -309,19 +309,18 @@ class Worker:
 
     async def _reset_lost_logs(self, mine: list[tuple[str, int]]) -> None:
         """Where the broker lost a partition's log, its offsets start again, and a watermark
-        left as it is would skip every new record as a re-delivery. Two signs, checked on
-        every assignment:
+        left as it is would skip every new record as a re-delivery. Checked on every
+        assignment: the topic's id (Kafka 2.8+, Redpanda, Tansu) against the one stored with
+        the shard. A different id means the topic was created again (a broker that keeps no
+        data restarted, a topic deleted and re-created): the watermark goes back to -1, the
+        shard's epoch moves on, the item stages' source marks for it are forgotten, and a
+        critical line is logged. A broker without topic ids is trusted to have lost the log
+        only when it is empty.
 
-        * the topic's id (Kafka 2.8+, Redpanda, Tansu) differs from the one stored with the
-          shard: the topic was created again (a broker that keeps no data restarted, a topic
-          deleted and re-created). The watermark goes back to -1.
-        * the log ends at or below the watermark under the same id: it was truncated (an
-          unclean leader election). The watermark goes back to the log's end - 1, so records
-          appended from there on count; the ones lost stay counted.
-
-        Without topic ids the second sign alone resets to -1; event ids remembered in the
-        dedupe window then turn any record applied before into a dead letter, not a double
-        count. Either way the shard's epoch moves on and a critical line is logged.
+        A log that ends at or below the watermark under the same id is only reported: Kafka
+        truncates a log below its committed end only through an unclean leader election (off by
+        default), and some brokers report the end of a log inexactly (Tansu 0.6 answers the
+        last batch's base offset + 1), so acting on it would re-apply records.
         """
         if not mine:
             return
@@ -335,23 +334,24 @@ class Worker:
             mark = self.processor.watermarks[(topic, partition)]
             current, before = ids.get(topic), stored.get((topic, partition))
             end = ends.get(TP(topic, partition))
-            resume: int | None = None
-            if current and before and current != before and mark >= 0:
-                resume, why = -1, f"topic id {before} is now {current}: the topic was created again"
+            why = ""
+            if mark >= 0 and current and before and current != before:
+                why = f"topic id {before} is now {current}: the topic was created again"
+            elif mark >= 0 and not current and end == 0:
+                why = "the log is empty (the broker gives no topic ids to tell more)"
             elif mark >= 0 and end is not None and end <= mark:
-                same = bool(current and before == current)
-                resume = end - 1 if same else -1
-                why = (f"the log ends at offset {end}, below the watermark {mark}"
-                       + (" under the same topic id: truncated" if same else ""))
-            if resume is not None:
+                log.warning("%s:%d: the broker says the log ends at offset %d, at or below the "
+                            "watermark %d, under the same topic id: an unclean leader election "
+                            "truncated it, or the broker reports its end inexactly; the "
+                            "watermark stays", topic, partition, end, mark)
+            if why:
                 epoch = await self.store.reset_log(
-                    topic, partition, resume, item_shards if topic != PRICE_SIGNALS else (),
-                    None if resume < 0 else (resume + 1) * SOURCE_SLOTS - 1)
-                self.processor.watermarks[(topic, partition)] = resume
+                    topic, partition, -1, item_shards if topic != PRICE_SIGNALS else ())
+                self.processor.watermarks[(topic, partition)] = -1
                 metrics.LOG_RESETS.labels(topic).inc()
                 log.critical("%s:%d: the broker lost records this engine applied (%s). The log "
-                             "was lost: resuming after offset %d (epoch %d); records applied "
-                             "before stay counted.", topic, partition, why, resume, epoch)
+                             "was lost: its offsets start again (epoch %d); records applied "
+                             "before stay counted.", topic, partition, why, epoch)
             if current and current != before:
                 await self.store.set_log_id(topic, partition, current)
 
