@@ -203,11 +203,25 @@ class Stack:
 
 
 def end_offsets(settings: Settings, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The exact end of each partition's log: one past the last offset a fetch returns.
+    (Tansu 0.6 answers a list-offsets request with the last batch's base offset + 1, short of
+    the real end when that batch holds several records; fetching from there finds the rest.)"""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url, enable_auto_commit=False)
     try:
         tps = [TopicPartition(t, p) for t in topics
                for p in sorted(consumer.partitions_for_topic(t) or ())]
-        return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(tps).items()}
+        listed = consumer.end_offsets(tps)
+        consumer.assign(tps)
+        ends = dict(listed)
+        for tp, end in listed.items():
+            consumer.seek(tp, max(end - 1, 0))
+        quiet = 0
+        while quiet < 2:
+            batches = consumer.poll(timeout_ms=300)
+            quiet = 0 if batches else quiet + 1
+            for tp, records in batches.items():
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
     finally:
         consumer.close()
 
@@ -229,11 +243,7 @@ async def wait_caught_up(settings: Settings, catalogue: Catalogue, store: StateS
         behind = {f"{t}:{p}": ends[(t, p)] - 1 - marks[(t, p)] for t, p in ends
                   if marks[(t, p)] < ends[(t, p)] - 1}
         if not behind:
-            # Some brokers (Tansu 0.6) report a log's end as its last batch's base offset + 1,
-            # short of the real end: only a state that has stopped moving is caught up.
-            await asyncio.sleep(1.5)
-            if ends == end_offsets(settings, topics) and \
-                    marks == await watermarks(store, list(ends)):
+            if ends == end_offsets(settings, topics):
                 return
             continue
         if time.monotonic() > deadline:

@@ -61,5 +61,7 @@ async def test_rebalance(stack: Stack, clean: Reference, catalogue: Catalogue) -
         "differences": count_differences(state, clean.state),
         "decision_ids_repeated": len(repeated)})
     assert first.alive
-    assert differences(state, clean.state) == []
+    found = differences(state, clean.state)
+    print("\n".join(found))
+    assert found == []
     assert repeated == {}

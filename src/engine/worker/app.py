@@ -76,8 +76,8 @@ def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = N
 
         async def perform_seek(self) -> None:
             # Faust seeks every assigned partition to Kafka's committed offset here, just before
-            # fetching resumes. Redis may be behind that (it lost its last writes in a crash):
-            # then resume from the Redis watermark instead, or those records would never count.
+            # fetching resumes. Redis is the authority on what was applied: every partition
+            # resumes after its Redis watermark instead (see resume_offsets).
             await super().perform_seek()
             hook = getattr(self.app, "resume_from", None)
             if hook is None:
@@ -135,12 +135,21 @@ def die(why: str) -> NoReturn:
     os._exit(EXIT_FATAL)
 
 
-def resume_offsets(watermarks: dict[TP, int], committed: dict[TP, int | None]
-                   ) -> dict[TP, int]:
-    """Partitions to rewind: Kafka's committed offset (the next record to read) is past the
-    record after the Redis watermark, so records were committed but their state was lost."""
-    return {tp: mark + 1 for tp, mark in watermarks.items()
-            if committed.get(tp) is not None and committed[tp] > mark + 1}  # type: ignore[operator]
+def resume_offsets(watermarks: dict[TP, int]) -> dict[TP, int]:
+    """Where each assigned partition resumes: the record after its Redis watermark. Redis is
+    the authority on what was applied, so every partition is sought there, whatever Kafka's
+    committed offset says: past it (Redis lost writes; see ``behind_kafka``) or short of it
+    (re-deliveries a crash would cause are not even fetched), and whatever position the
+    consumer kept from before a rebalance (records it had fetched but not applied would
+    otherwise be skipped: the fault suite's rebalance test caught that)."""
+    return {tp: mark + 1 for tp, mark in watermarks.items()}
+
+
+def behind_kafka(watermarks: dict[TP, int], committed: dict[TP, int | None]) -> list[TP]:
+    """Partitions where Kafka's committed offset is past the record after the Redis watermark:
+    records were committed but their state was lost."""
+    return [tp for tp, mark in watermarks.items()
+            if (c := committed.get(tp)) is not None and c > mark + 1]
 
 
 #: price-signals records per batch (each holds up to ``stage.SIGNALS_PER_RECORD`` signals).
@@ -297,11 +306,11 @@ class Worker:
         metrics.ASSIGNED.set(len(mine))
         await self._reset_lost_logs(mine)
         marks = {TP(t, p): self.processor.watermarks[(t, p)] for t, p in mine}
-        seeks = resume_offsets(marks, committed)
-        for tp, offset in seeks.items():
+        seeks = resume_offsets(marks)
+        for tp in behind_kafka(marks, committed):
             log.warning("Redis is behind Kafka on %s:%d (watermark %d, committed %s): "
                         "replaying from offset %d", tp.topic, tp.partition, marks[tp],
-                        committed[tp], offset)
+                        committed[tp], seeks[tp])
         log.info("assigned %d input partitions; watermarks %s", len(mine),
                  {f"{tp.topic}:{tp.partition}": wm for tp, wm in marks.items()})
         await self._heartbeat()
