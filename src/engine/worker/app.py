@@ -76,8 +76,8 @@ def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = N
 
         async def perform_seek(self) -> None:
             # Faust seeks every assigned partition to Kafka's committed offset here, just before
-            # fetching resumes. Redis is the authority on what was applied: every partition
-            # resumes after its Redis watermark instead (see resume_offsets).
+            # fetching resumes. Redis is the authority on what was applied: resume where
+            # resume_offsets says (never past the record after the Redis watermark).
             await super().perform_seek()
             hook = getattr(self.app, "resume_from", None)
             if hook is None:
@@ -135,14 +135,16 @@ def die(why: str) -> NoReturn:
     os._exit(EXIT_FATAL)
 
 
-def resume_offsets(watermarks: dict[TP, int]) -> dict[TP, int]:
-    """Where each assigned partition resumes: the record after its Redis watermark. Redis is
-    the authority on what was applied, so every partition is sought there, whatever Kafka's
-    committed offset says: past it (Redis lost writes; see ``behind_kafka``) or short of it
-    (re-deliveries a crash would cause are not even fetched), and whatever position the
-    consumer kept from before a rebalance (records it had fetched but not applied would
-    otherwise be skipped: the fault suite's rebalance test caught that)."""
-    return {tp: mark + 1 for tp, mark in watermarks.items()}
+def resume_offsets(watermarks: dict[TP, int], committed: dict[TP, int | None]
+                   ) -> dict[TP, int]:
+    """Where each assigned partition resumes: Kafka's committed offset (0 without one), or
+    the record after the Redis watermark if that comes first (Redis lost writes Kafka had
+    committed; see ``behind_kafka``). Records between the two are re-delivered on purpose:
+    the watermark skips their state, but their signals to the item stages are sent again, in
+    case the crash came before the broker took them. Every partition is sought explicitly: a
+    consumer that keeps a partition across a rebalance keeps its fetch position, past records
+    it had fetched but not applied (the fault suite's rebalance test caught them skipped)."""
+    return {tp: min(committed.get(tp) or 0, mark + 1) for tp, mark in watermarks.items()}
 
 
 def behind_kafka(watermarks: dict[TP, int], committed: dict[TP, int | None]) -> list[TP]:
@@ -306,7 +308,7 @@ class Worker:
         metrics.ASSIGNED.set(len(mine))
         await self._reset_lost_logs(mine)
         marks = {TP(t, p): self.processor.watermarks[(t, p)] for t, p in mine}
-        seeks = resume_offsets(marks)
+        seeks = resume_offsets(marks, committed)
         for tp in behind_kafka(marks, committed):
             log.warning("Redis is behind Kafka on %s:%d (watermark %d, committed %s): "
                         "replaying from offset %d", tp.topic, tp.partition, marks[tp],
