@@ -38,20 +38,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from prometheus_client import Counter
 
+from engine.api.guard import EXEMPT, reply
 from engine.config import ApiSettings
 from engine.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("read", "events", "admin")
-#: Operational endpoints: never need a key and are never rate limited (probes and scrapes must
-#: answer when clients are throttled).
-PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
-#: Open without a key (rate limited per address like any anonymous request).
-PUBLIC = PROBES | {"/docs", "/openapi.json", "/status", "/v1/status"}
+#: Open without a key (rate limited per address like any anonymous request); the probes
+#: (guard.EXEMPT) are never authenticated or rate limited either.
+PUBLIC = EXEMPT | {"/docs", "/openapi.json", "/status", "/v1/status"}
 MIN_SECRET_CHARS = 16
 #: Anonymous buckets kept (per client address); the fullest are forgotten first past this.
 MAX_ANONYMOUS_BUCKETS = 10_000
@@ -188,7 +186,7 @@ class Gate:
         self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        if scope["type"] != "http" or scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
         need = required_scope(scope["method"], scope["path"])
@@ -265,12 +263,7 @@ class Gate:
 async def _refuse(send: Any, status: int, why: str, detail: str,
                   retry_after: int | None = None) -> None:
     REFUSED.labels(why).inc()
-    body = orjson.dumps({"detail": detail})
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
+    headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await reply(send, status, detail, headers)

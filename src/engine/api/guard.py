@@ -26,7 +26,10 @@ REQUEST_SECONDS = Histogram("engine_api_request_seconds", "HTTP request latency"
                             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
 SHED = Counter("engine_api_shed_total", "Requests refused or abandoned under load", ["why"])
 
+#: Probes and scrapes: never shed (nor, in engine.api.auth, authenticated or rate limited), so
+#: they answer when the API is saturated.
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+RETRY_SOON = [(b"retry-after", b"1")]
 Scope = dict[str, Any]
 
 
@@ -44,8 +47,8 @@ class Guard:
         started = time.perf_counter()
         if self.in_flight >= self.max_in_flight and scope["path"] not in EXEMPT:
             SHED.labels("in_flight").inc()
-            await _reply(send, 503, f"overloaded: {self.in_flight} requests in flight, "
-                         "retry shortly")
+            await reply(send, 503, f"overloaded: {self.in_flight} requests in flight, "
+                        "retry shortly", RETRY_SOON)
             self._observe("shed", 503, started)
             return
         status = 500
@@ -67,8 +70,8 @@ class Guard:
                     SHED.labels("deadline").inc()
                     if not responded:
                         status = 503
-                        await _reply(send, 503, f"not answered within {self.read_timeout_s} s "
-                                     "(overloaded), retry shortly")
+                        await reply(send, 503, f"not answered within {self.read_timeout_s} s "
+                                    "(overloaded), retry shortly", RETRY_SOON)
             else:
                 await self.app(scope, receive, send_and_watch)
         finally:
@@ -81,10 +84,11 @@ class Guard:
         REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
 
 
-async def _reply(send: Any, status: int, detail: str) -> None:
+async def reply(send: Any, status: int, detail: str,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer ``{"detail": ...}`` from an ASGI middleware, before any endpoint runs."""
     body = orjson.dumps({"detail": detail})
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", b"1")]})
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
