@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import redis
 
 from engine.config import Settings, load_settings
 from engine.contracts import Catalogue, load_catalogue
-from engine.embedded import ManagedProcess, create_topics, start_broker, start_redis
+from engine.embedded import ManagedProcess, create_topics, free_port, start_broker, start_redis
 from engine.store import StateStore
 
 from .cluster import redis_cluster
@@ -69,30 +70,61 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
             "ENGINE_WORKER_GROUP_ID": settings.worker.group_id, **extra}
 
 
+def worker_process(settings: Settings, log_path: Path, name: str = "worker",
+                   **env: str) -> ManagedProcess:
+    """`engine worker` for ``settings`` (not started)."""
+    return ManagedProcess(name, [sys.executable, "-m", "engine", "--log-level", "info",
+                                 "worker", "--loglevel", "info"], log_path,
+                          env=worker_env(settings, **env))
+
+
 def start_worker(settings: Settings, catalogue: Catalogue, log_path: Path) -> ManagedProcess:
     """Start `engine worker` and wait until its heartbeat covers every input partition."""
-    proc = ManagedProcess("worker", [sys.executable, "-m", "engine", "--log-level", "info",
-                                     "worker", "--loglevel", "info"], log_path,
-                          env=worker_env(settings, **SHARED_WORKER_ENV))
+    proc = worker_process(settings, log_path, **SHARED_WORKER_ENV)
     proc.start()
     proc.wait_ready(lambda: assigned_partitions(settings) >= expected_partitions(catalogue),
                     timeout=WORKER_JOIN_TIMEOUT_S)
     return proc
 
 
+def start_api(settings: Settings, log_path: Path, **env: str) -> tuple[ManagedProcess, str]:
+    """Start `engine api` on a free port and wait until /healthz answers; (process, URL)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = ManagedProcess("api", [sys.executable, "-m", "engine", "api", "--host", "127.0.0.1",
+                                  "--port", str(port)], log_path,
+                          env=worker_env(settings, **env))
+    proc.start()
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    proc.wait_ready(answers, timeout=30)
+    return proc, url
+
+
 def expected_partitions(catalogue: Catalogue) -> set[str]:
     return catalogue.input_partitions()
 
 
-def assigned_partitions(settings: Settings) -> set[str]:
+def heartbeats(settings: Settings) -> list[dict]:
+    """The workers' heartbeats (`<ns>:workers`), on a plain Redis or a cluster."""
     client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(
         settings.redis.url, decode_responses=True)
     try:
-        beats = client.hgetall(f"{settings.redis.namespace}:workers")
+        return [orjson.loads(raw) for raw in
+                client.hgetall(f"{settings.redis.namespace}:workers").values()]
     finally:
         client.close()
+
+
+def assigned_partitions(settings: Settings) -> set[str]:
     now_ms = time.time() * 1000
-    return {tp for raw in beats.values() for beat in [orjson.loads(raw)]
+    return {tp for beat in heartbeats(settings)
             if now_ms - beat["heartbeat_ms"] < 10_000 for tp in beat["assigned"]}
 
 

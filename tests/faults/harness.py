@@ -23,7 +23,6 @@ import os
 import random
 import re
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from engine.config import Settings
@@ -45,7 +43,13 @@ from engine.replay.publish import publish
 from engine.replay.sources import Record, merged, open_source
 from engine.store import StateStore
 
-from ..conftest import REPO, WORKER_JOIN_TIMEOUT_S, assigned_partitions, worker_env
+from ..conftest import (
+    REPO,
+    WORKER_JOIN_TIMEOUT_S,
+    assigned_partitions,
+    heartbeats,
+    worker_process,
+)
 
 FULL = os.environ.get("FAULT_SUITE", "") == "full"
 RESULTS = REPO / "benchmarks" / "results" / "faults"
@@ -133,19 +137,12 @@ class Stack:
     def store(self) -> StateStore:
         return StateStore.open(self.settings.redis)
 
-    def client(self) -> redis.Redis | redis.RedisCluster:
-        if self.settings.redis.cluster:
-            return redis.RedisCluster.from_url(self.settings.redis.url, decode_responses=True)
-        return redis.Redis.from_url(self.settings.redis.url, decode_responses=True)
-
     def start_worker(self, wait: bool = True, **env: str) -> ManagedProcess:
         self.started_workers += 1
-        proc = ManagedProcess(
-            f"worker-{self.started_workers}",
-            [sys.executable, "-m", "engine", "--log-level", "info", "worker", "--loglevel",
-             "info"], self.run_dir / f"worker-{self.started_workers}.log",
-            env=worker_env(self.settings, ENGINE_KAFKA_CREATE_TOPICS="false",
-                           ENGINE_REDIS_CLUSTER=str(self.settings.redis.cluster).lower(), **env))
+        proc = worker_process(
+            self.settings, self.run_dir / f"worker-{self.started_workers}.log",
+            f"worker-{self.started_workers}", ENGINE_KAFKA_CREATE_TOPICS="false",
+            ENGINE_REDIS_CLUSTER=str(self.settings.redis.cluster).lower(), **env)
         proc.start()
         self.workers.append(proc)
         if wait:
@@ -162,14 +159,9 @@ class Stack:
                 return False
             if workers is None:
                 return True
-            client = self.client()
-            try:
-                beats = [orjson.loads(v) for v in client.hgetall(
-                    f"{self.settings.redis.namespace}:workers").values()]
-            finally:
-                client.close()
             now = time.time() * 1000
-            return len([b for b in beats if b["role"] != "pricing" and b["assigned"]
+            return len([b for b in heartbeats(self.settings)
+                        if b["role"] != "pricing" and b["assigned"]
                         and now - b["heartbeat_ms"] < 5000]) == workers
 
         proc.wait_ready(covered, timeout=WORKER_JOIN_TIMEOUT_S)
@@ -321,22 +313,30 @@ def count_differences(got: dict[str, Any], want: dict[str, Any]) -> int:
     return sum(1 for key in set(got) | set(want) if got.get(key) != want.get(key))
 
 
-def decision_ids(settings: Settings, topic: str = "prices") -> Counter[str]:
-    """Every decision id on ``topic``, read from the beginning to its current end."""
+def read_all(settings: Settings, topics: Sequence[str], **options: Any) -> Iterator[Any]:
+    """Every record now on ``topics``, from the beginning. It reads until the broker has
+    nothing more (two empty polls), not up to the listed end offsets, which Tansu 0.6 gives
+    short of the real end (see ``end_offsets``)."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url, enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
+                             **options)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        ids: Counter[str] = Counter()
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=1000).values():
-                ids.update(orjson.loads(r.value)["decision_id"] for r in records)
-        return ids
+        quiet = 0
+        while quiet < 2:
+            batches = consumer.poll(timeout_ms=1000)
+            quiet = 0 if batches else quiet + 1
+            for records in batches.values():
+                yield from records
     finally:
         consumer.close()
+
+
+def decision_ids(settings: Settings, topic: str = "prices") -> Counter[str]:
+    """Every decision id on ``topic``, read from the beginning to its current end."""
+    return Counter(orjson.loads(r.value)["decision_id"] for r in read_all(settings, [topic]))
 
 
 def random_moments(rng: random.Random, n: int, low: float, high: float) -> Iterator[float]:

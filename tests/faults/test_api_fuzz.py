@@ -6,7 +6,6 @@ without credentials must be refused (401/403); oversized bodies get 413."""
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +19,9 @@ from hypothesis import HealthCheck, given
 from schemathesis.generation import GenerationMode
 
 from engine.config import Settings
-from engine.embedded import ManagedProcess, free_port
+from engine.embedded import ManagedProcess
 
-from ..conftest import worker_env
+from ..conftest import start_api
 from .harness import FULL, save_figures
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -38,23 +37,10 @@ LEAKS = ("Traceback", 'File "/', "Exception:", "Error:", "redis.exceptions", "ai
 @pytest.fixture(scope="module")
 def api_url(settings: Settings, worker: ManagedProcess, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = ManagedProcess("api", [sys.executable, "-m", "engine", "api", "--host", "127.0.0.1",
-                                  "--port", str(port)],
-                          tmp_path_factory.mktemp("fuzz") / "api.log",
-                          env=worker_env(settings, ENGINE_API_KEYS=(
-                              f'["shop:read+events:{READ_KEY}", "ops:admin:{ADMIN_KEY}"]'),
-                              ENGINE_API_RATE_LIMIT_PER_S="0"))
-    proc.start()
-
-    def answers() -> bool:
-        try:
-            return requests.get(url + "/healthz", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    proc.wait_ready(answers, timeout=30)
+    proc, url = start_api(settings, tmp_path_factory.mktemp("fuzz") / "api.log",
+                          ENGINE_API_KEYS=(f'["shop:read+events:{READ_KEY}", '
+                                           f'"ops:admin:{ADMIN_KEY}"]'),
+                          ENGINE_API_RATE_LIMIT_PER_S="0")
     try:
         yield url
     finally:

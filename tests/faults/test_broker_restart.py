@@ -6,7 +6,6 @@ every new record as a re-delivery. The state after the restart must count both s
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections import Counter
@@ -15,9 +14,9 @@ import pytest
 import requests
 
 from engine.contracts import Catalogue
-from engine.embedded import ManagedProcess, create_topics, free_port, start_broker
+from engine.embedded import create_topics, start_broker
 
-from ..conftest import worker_env
+from ..conftest import start_api
 from ..helpers import expected_item_counts, item_counts, tagged_rees46
 from .harness import FULL, Stack, crash, save_figures, wait_caught_up
 
@@ -37,12 +36,7 @@ def ready(url: str) -> tuple[int, dict]:
 
 async def test_broker_restart(stack: Stack, catalogue: Catalogue) -> None:
     worker = stack.start_worker()
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}"
-    api = ManagedProcess("api", [sys.executable, "-m", "engine", "api", "--host", "127.0.0.1",
-                                 "--port", str(port)], stack.run_dir / "api.log",
-                         env=worker_env(stack.settings))
-    api.start()
+    api, api_url = start_api(stack.settings, stack.run_dir / "api.log")
     api.wait_ready(lambda: ready(api_url)[0] == 200, timeout=60)
     store = stack.store()
     broker_port = int(stack.broker.url.rsplit(":", 1)[1])

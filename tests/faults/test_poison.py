@@ -12,19 +12,21 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from engine.config import Settings
 from engine.contracts import Catalogue, Validator
 from engine.replay.sources import Record
 
+from ..conftest import heartbeats
 from .conftest import Reference
 from .harness import (
     FULL,
     Stack,
     count_differences,
     differences,
+    read_all,
     save_figures,
     snapshot,
     wait_caught_up,
@@ -83,34 +85,16 @@ def send_mixed(settings: Settings, records: list[Record], hostile: list[tuple[in
 
 def dead_letters(settings: Settings, catalogue: Catalogue) -> dict[tuple[str, int, int], str]:
     """(source topic, partition, offset) -> reason, for every record on the DLQ topics."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.url, enable_auto_commit=False,
-                             max_partition_fetch_bytes=16 * MB, fetch_max_bytes=64 * MB)
     out = {}
-    try:
-        tps = [TopicPartition(catalogue.dlq(t.name), p) for t in catalogue.inputs
-               for p in sorted(consumer.partitions_for_topic(catalogue.dlq(t.name)) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for batch in consumer.poll(timeout_ms=1000).values():
-                for r in batch:
-                    h = {k: v.decode() for k, v in r.headers}
-                    out[(h["dlq.topic"], int(h["dlq.partition"]), int(h["dlq.offset"]))] = \
-                        h["dlq.reason"]
-        return out
-    finally:
-        consumer.close()
+    for r in read_all(settings, [catalogue.dlq(t.name) for t in catalogue.inputs],
+                      max_partition_fetch_bytes=16 * MB, fetch_max_bytes=64 * MB):
+        h = {k: v.decode() for k, v in r.headers}
+        out[(h["dlq.topic"], int(h["dlq.partition"]), int(h["dlq.offset"]))] = h["dlq.reason"]
+    return out
 
 
 def worker_pids(stack: Stack) -> set[tuple[str, int]]:
-    client = stack.client()
-    try:
-        beats = [orjson.loads(v) for v in
-                 client.hgetall(f"{stack.settings.redis.namespace}:workers").values()]
-    finally:
-        client.close()
-    return {(b["role"], b["pid"]) for b in beats}
+    return {(b["role"], b["pid"]) for b in heartbeats(stack.settings)}
 
 
 async def test_poison(stack: Stack, clean: Reference, catalogue: Catalogue,
