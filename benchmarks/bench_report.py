@@ -104,6 +104,13 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
     import numpy as np
 
     names: list[str] = []
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+
     steps = r.get("steps", [])
     broker = r["headline"]["broker_floor_p99_ms"]
     if steps:
@@ -123,10 +130,7 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
                yscale="log", title="Event -> decision latency against rate")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "latency_vs_rate.png", dpi=110)
-        plt.close(fig)
-        names.append("latency_vs_rate.png")
+        save(fig, "latency_vs_rate.png")
         target = next((s for s in steps if s["rate_eps"] == r["headline"]["rate_eps"]), steps[-1])
         fig, ax = plt.subplots(figsize=(8, 5))
         series = {**{k: target["histograms"][k] for k in DECISIONS},
@@ -144,10 +148,7 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
                f"{target['rate_eps']:,.0f} events/s")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "latency_histogram.png", dpi=110)
-        plt.close(fig)
-        names.append("latency_histogram.png")
+        save(fig, "latency_histogram.png")
         stages = {k: v for k, v in target["stages"].items() if v["p99_ms"] is not None}
         if stages:
             labels = sorted(stages)
@@ -160,10 +161,7 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
                    f"{target['rate_eps']:,.0f} events/s (workers' histograms)")
             ax.legend(fontsize=8)
             ax.grid(True, axis="x", which="both", alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(out / "stages.png", dpi=110)
-            plt.close(fig)
-            names.append("stages.png")
+            save(fig, "stages.png")
     bars = {"pass-through agent": r["headline"]["passthrough_eps"]}
     for k, v in r.get("throughput", {}).items():
         bars[f"engine, {k.replace('workers_', '')} worker(s)"] = v["throughput_eps"]
@@ -173,10 +171,7 @@ def plot(r: dict[str, Any], out: Path) -> list[str]:
         ax.bar(list(bars), list(bars.values()),
                color=["grey" if k.startswith("pass") else "tab:blue" for k in bars])
         ax.set(ylabel="events/s", title="Throughput (burst, every decision on)")
-        fig.tight_layout()
-        fig.savefig(out / "throughput.png", dpi=110)
-        plt.close(fig)
-        names.append("throughput.png")
+        save(fig, "throughput.png")
     return names
 
 
