@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 
 from engine.config import Settings
-from engine.contracts import Catalogue, Rejection, Validator
+from engine.contracts import Catalogue, Rejection, Validator, load_catalogue
 from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.pricing.query import PriceReader
-from engine.pricing.stage import PricingStage, forwarded_records
+from engine.pricing.stage import PricingStage, forwarded_records, published_prices
 from engine.replay.catalog import derive_catalog
 from engine.replay.competitors import competitor_prices
 from engine.store import StateStore
@@ -30,18 +31,45 @@ PRODUCTS = ("health5", "computers4", "watches1")   # real Kaggle products; healt
                                                   # a 17x jump (349.90 -> 19.99) and back
 
 
-class Broker:
-    """Collects what the stage sends, in order (the stage awaits the returned acks)."""
+@dataclass(frozen=True)
+class Ack:
+    partition: int
+    offset: int
 
-    def __init__(self) -> None:
+
+class Broker:
+    """Collects what the stage sends, in order, in one log per topic and partition (the key's
+    partition as the default partitioner places it); the stage awaits the returned acks.
+    ``tail`` reads the logs back as ``engine.kafka_client.read_tail`` reads a broker's."""
+
+    def __init__(self, catalogue: Catalogue | None = None) -> None:
+        self.catalogue = catalogue or load_catalogue()
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.logs: dict[tuple[str, int], list[bytes]] = {}
 
     async def __call__(self, topic: str, records: list[tuple[bytes | None, bytes, int | None]]
                        ) -> Awaitable[object]:
-        self.sent += [(topic, orjson.loads(value)) for _, value, _ in records]
+        acks = []
+        for key, value, partition in records:
+            self.sent.append((topic, orjson.loads(value)))
+            if partition is None:
+                partition = self.catalogue.partition_of(topic, (key or b"").decode())
+            log = self.logs.setdefault((topic, partition), [])
+            acks.append(Ack(partition, len(log)))
+            log.append(value)
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        done.set_result(acks)
         return done
+
+    async def tail(self, topic: str, starts: dict[int, int | None], recent: int
+                   ) -> list[bytes]:
+        out = []
+        for p, start in starts.items():
+            log = self.logs.get((topic, p), [])
+            if start is None or not 0 <= start <= len(log):
+                start = max(0, len(log) - recent)
+            out += log[start:]
+        return out
 
     @property
     def changes(self) -> list[dict[str, Any]]:
@@ -151,22 +179,43 @@ async def test_a_replay_from_scratch_makes_the_same_decisions_with_the_same_ids(
     assert one.changes == two.changes
 
 
-async def test_a_crash_before_the_apply_republishes_the_same_ids(
+async def test_a_batch_that_crashed_before_its_apply_publishes_each_decision_once(
         store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
-    """The stage publishes before its batch is applied; a crash in between re-runs the batch,
-    which republishes identical changes (same decision ids), never different ones."""
+    """The stage publishes before its batch is applied; a crash in between runs the batch
+    again. Its changes are the same (same decision ids); read back on assignment, they are not
+    published again, and the state ends as if there had been no crash."""
     records = signal_records(catalogue, real_inputs(), 25)
     partition, raws = sorted(records.items())[0]
+    clean = Broker(catalogue)
+    await run(store, catalogue, settings, {partition: raws}, clean)
+    shard = store.shard(PRICE_SIGNALS, partition)
+    expected = await store.client.hgetall(shard + "px")
+    await drop_namespace(store)
+
+    broker = Broker(catalogue)
+    first = PricingStage(settings.pricing, broker, published_prices(catalogue, broker.tail))
+    await run(store, catalogue, settings, {partition: raws[:3]}, broker, stage=first)
     validator = Validator(catalogue, settings.validation)
-    events = [(i, validator.check(PRICE_SIGNALS, raw)) for i, raw in enumerate(raws[:10])]
-    crashed = Broker()
-    await PricingStage(settings.pricing, crashed).ops(store, PRICE_SIGNALS, partition,
-                                                      events)   # type: ignore[arg-type]
-    assert crashed.changes
-    again = Broker()
-    await run(store, catalogue, settings, {partition: raws[:10]}, again)
-    assert [c["decision_id"] for c in again.changes] == [
-        c["decision_id"] for c in crashed.changes]
+    events = [(3 + i, validator.check(PRICE_SIGNALS, raw)) for i, raw in enumerate(raws[3:6])]
+    crashed = PricingStage(settings.pricing, broker, published_prices(catalogue, broker.tail))
+    before = len(broker.changes)
+    await crashed.ops(store, PRICE_SIGNALS, partition, events)   # type: ignore[arg-type]
+    assert len(broker.changes) > before   # published, never applied
+
+    published = published_prices(catalogue, broker.tail)
+    await published.resume(store, {partition: shard})
+    assert published.unapplied and published.unapplied <= {
+        c["decision_id"] for c in broker.changes}
+    stage = PricingStage(settings.pricing, broker, published)
+    # the crashed records run again with the next ones, in one batch
+    await run(store, catalogue, settings, {partition: raws[3:]}, broker, start=3, stage=stage)
+    ids = [c["decision_id"] for c in broker.changes]
+    assert len(ids) == len(set(ids))
+    assert ids == [c["decision_id"] for c in clean.changes]
+    assert await store.client.hgetall(shard + "px") == expected
+    # the next assignment finds nothing unapplied: the marks moved on with the applies
+    await published.resume(store, {partition: shard})
+    assert published.unapplied == set()
 
 
 async def test_every_line_of_a_real_invoice_counts_once(

@@ -334,9 +334,14 @@ def read_all(settings: Settings, topics: Sequence[str], **options: Any) -> Itera
         consumer.close()
 
 
+#: The field that identifies a decision on each topic the item stages publish to.
+DECISION_ID = {"prices": "decision_id", "stocking-signals": "event_id"}
+
+
 def decision_ids(settings: Settings, topic: str = "prices") -> Counter[str]:
     """Every decision id on ``topic``, read from the beginning to its current end."""
-    return Counter(orjson.loads(r.value)["decision_id"] for r in read_all(settings, [topic]))
+    field = DECISION_ID[topic]
+    return Counter(orjson.loads(r.value)[field] for r in read_all(settings, [topic]))
 
 
 def random_moments(rng: random.Random, n: int, low: float, high: float) -> Iterator[float]:

@@ -14,7 +14,8 @@ Two halves, both in the worker:
   highest counted per source partition) and skipped. Decisions are computed in offset order
   from the state read at the start of the batch, so a replay makes the same decisions with the
   same ids; the changes are published to ``prices`` before the batch is applied, so a crash
-  re-publishes them (consumers drop the repeated ``decision_id``), never loses them.
+  cannot lose them, and what a crashed batch published is read back on assignment
+  (``engine.published``) so that its run again does not publish it twice.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from engine.core.activity import Op
 from engine.core.compose import PRICE_SIGNALS
 from engine.core.pricing import ConversionModel, PricingParams
 from engine.core.repricing import MALFORMED, ItemPricing, PricingConfig, Repricer, signals_for
+from engine.published import Published, Tail
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,22 @@ UNPROCESSABLE = "unprocessable"
 #: awaitable of the broker's acks.
 Send = Callable[[str, list[tuple[bytes | None, bytes, int | None]]],
                 Awaitable[Awaitable[object]]]
+
+
+#: The shard hash that keeps where the stage's publishes to ``prices`` ended (``Published``).
+PUBLISHED_KEY = "pxpub"
+#: Records read back per ``prices`` partition when a shard has no mark for it: more than one
+#: stage batch can publish (32 records of at most 200 signals).
+REPUBLISH_RECENT = 10_000
+
+
+def published_prices(catalogue: Catalogue, tail: Tail | None) -> Published:
+    """The stage's publications on ``prices``. Both topics are keyed by item id with the default
+    partitioner, so with as many partitions on each, a shard's changes all go to the
+    ``prices`` partition of its own number, and only that one is read back."""
+    shards, out = (catalogue.topics[t].partitions for t in (PRICE_SIGNALS, PRICES))
+    return Published(PRICES, out, PUBLISHED_KEY, "decision_id", tail, REPUBLISH_RECENT,
+                     routes=(lambda shard: (shard,)) if shards == out else None)
 
 
 def pricing_config(s: PricingSettings) -> PricingConfig:
@@ -142,9 +160,13 @@ def _dumps(value: Any) -> str:
 class PricingStage:
     """The processor stage of ``price-signals`` (see the module docstring)."""
 
-    def __init__(self, settings: PricingSettings, send: Send) -> None:
+    def __init__(self, settings: PricingSettings, send: Send,
+                 published: Published | None = None) -> None:
         self.s = settings
         self.send = send
+        #: without a tail reader, a batch that runs again publishes its changes again
+        self.published = published or Published(PRICES, 0, PUBLISHED_KEY, "decision_id",
+                                                None, 0)
         self.config = pricing_config(settings)
         self.repricer = Repricer(self.config)
 
@@ -173,6 +195,7 @@ class PricingStage:
         stepped: dict[str, int] = {}   # signals the model stepped on, by kind
         last_offset = -1
         changes: list[tuple[bytes | None, bytes, int | None]] = []
+        ids: list[str] = []
         for n, (offset, signal) in enumerate(signals):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)   # nothing else writes this shard meanwhile
@@ -208,6 +231,7 @@ class PricingStage:
                     outcome.change["reason"]["signal"] = signal["event_id"]
                 body = orjson.dumps(outcome.change)
                 changes.append((item.encode(), body, None))
+                ids.append(outcome.change["decision_id"])
                 ops += [("lpushcap", f"pxh:{item}", body.decode(), str(self.s.history_size)),
                         ("lpushcap", "pxrecent", _stamped(body), str(RECENT_CHANGES)),
                         ("hincrby", "pxstats", "changes", "1")]
@@ -222,11 +246,13 @@ class PricingStage:
         for kind, n in sorted(stepped.items()):   # exactly once per signal (fault tests)
             out[last_offset].append(("hincrby", "pxstats", f"steps:{kind}", str(n)))
         marks.write(out, "pxsrc")
-        if changes:   # on the broker before the state moves on: a crash re-publishes
+        fresh = self.published.fresh(changes, ids)
+        if fresh:   # on the broker before the state moves on: a crash cannot lose them
             publishing = time.perf_counter()
-            await (await self.send(PRICES, changes))
+            acks = await (await self.send(PRICES, fresh))
+            out[last_offset] += self.published.marks(acks)   # type: ignore[arg-type]
             metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
-            metrics.PRICE_CHANGES.inc(len(changes))
+            metrics.PRICE_CHANGES.inc(len(fresh))
         return out
 
     @staticmethod

@@ -14,8 +14,9 @@ share an item borrows is the same in expectation. This keeps every write of a ba
 
 Signals are computed in offset order from the state read at the start of the batch and
 published to ``stocking-signals`` (keyed by centre) before the batch is applied: a crash
-re-publishes the same signal ids, never loses one. Re-sent forwarded signals are recognised by
-their source position (``stsrc``) like the pricing stage's.
+cannot lose one, and what a crashed batch published is read back on assignment
+(``engine.published``) so that its run again does not publish it twice. Re-sent forwarded
+signals are recognised by their source position (``stsrc``) like the pricing stage's.
 """
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ from engine.core.stocking import (
     parent_names,
     parent_rows,
 )
-from engine.pricing.stage import DUPLICATE, MALFORMED, YIELD_EVERY, Send, SourceMarks
+from engine.pricing.stage import (
+    DUPLICATE,
+    MALFORMED,
+    REPUBLISH_RECENT,
+    YIELD_EVERY,
+    Send,
+    SourceMarks,
+)
+from engine.published import Published, Tail
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,12 @@ def stocking_policy(settings: Settings) -> StockingPolicy:
         update_change=s.update_change, model_version=s.model_version)
 
 
+def published_signals(partitions: int, tail: Tail | None) -> Published:
+    """The stage's publications on ``stocking-signals`` (``partitions`` of them). They are
+    keyed by centre, so a shard's signals can go to any partition: all are read back."""
+    return Published(STOCKING_SIGNALS, partitions, "stpub", "event_id", tail, REPUBLISH_RECENT)
+
+
 def open_field(item: str, dc: str) -> str:
     """The field of an open signal in ``sto`` (item ids never hold a newline)."""
     return f"{item}\n{dc}"
@@ -84,16 +99,19 @@ def open_field(item: str, dc: str) -> str:
 class StockingStage:
     """The processor stage of ``price-signals`` for stocking (see the module docstring)."""
 
-    def __init__(self, settings: Settings, send: Send) -> None:
+    def __init__(self, settings: Settings, send: Send, published: Published | None = None
+                 ) -> None:
         self.params = forecast_params(settings.stocking)
         self.policy = stocking_policy(settings)
         self.send = send
+        #: without a tail reader, a batch that runs again publishes its signals again
+        self.published = published or published_signals(0, None)
 
     def _step(self, fc: Forecaster, st: ItemStock, regions: set[str], signal: dict[str, Any],
               last_pair: dict[tuple[str, str], int], offset: int
-              ) -> list[tuple[str, str, bytes]]:
+              ) -> list[tuple[str, dict[str, Any]]]:
         """One signal: update the item's series, stock or category, then decide for the centres
-        it touches; returns (centre, status, signal body) to publish."""
+        it touches; returns the (centre, signal) to publish."""
         item, kind, t = signal["item_id"], signal["kind"], int(signal["event_time_ms"])
         dc = None
         if kind == "catalog":
@@ -129,7 +147,7 @@ class StockingStage:
         for centre in centres:
             decided = assess(fc, item, st, regions, centre, t, self.policy)
             if decided is not None:
-                out.append((centre, decided["status"], orjson.dumps(decided)))
+                out.append((centre, decided))
         return out
 
     async def ops(self, store: StateStore, topic: str, partition: int,
@@ -169,6 +187,7 @@ class StockingStage:
         last_item: dict[str, int] = {}
         last_pair: dict[tuple[str, str], int] = {}
         published: list[tuple[bytes | None, bytes, int | None]] = []
+        ids: list[str] = []
         t_max = -1
         for n, (offset, signal) in enumerate(signals):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
@@ -190,8 +209,10 @@ class StockingStage:
                               item)
                 ops.append(("hincrby", "ststats", UNPROCESSABLE, "1"))
                 continue
-            for centre, status, body in decided:
+            for centre, signal_out in decided:
+                status, body = signal_out["status"], orjson.dumps(signal_out)
                 published.append((centre.encode(), body, None))
+                ids.append(signal_out["event_id"])
                 field = open_field(item, centre)
                 if status == "open":
                     ops.append(("hset", "sto", field, body.decode()))
@@ -214,9 +235,11 @@ class StockingStage:
         marks.write(out, "stsrc")
         if t_max >= 0:
             out[signals[-1][0]].append(("hsetmax", "ststats", "event_time_max", str(t_max)))
-        if published:   # on the broker before the state moves on: a crash re-publishes
+        fresh = self.published.fresh(published, ids)
+        if fresh:   # on the broker before the state moves on: a crash cannot lose them
             publishing = time.perf_counter()
-            await (await self.send(STOCKING_SIGNALS, published))
+            acks = await (await self.send(STOCKING_SIGNALS, fresh))
+            out[signals[-1][0]] += self.published.marks(acks)   # type: ignore[arg-type]
             metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
         return out
 
@@ -236,4 +259,4 @@ def _dumps(value: Any) -> str:
 
 
 __all__ = ["DEFAULT_REGION", "STOCKING_SIGNALS", "StockingStage", "forecast_params",
-           "open_field", "stocking_policy"]
+           "open_field", "published_signals", "stocking_policy"]

@@ -30,11 +30,12 @@ from engine.config import Settings, item_stages_enabled
 from engine.contracts import Catalogue, Rejection, Validator
 from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.errors import TRANSIENT_REDIS_ERRORS, StateError
-from engine.kafka_client import faust_credentials, topic_ids
-from engine.pricing.stage import PricingStage, SignalForwarder
+from engine.kafka_client import faust_credentials, read_tail, topic_ids
+from engine.pricing.stage import PricingStage, SignalForwarder, published_prices
+from engine.published import Published
 from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
-from engine.stocking.stage import StockingStage
+from engine.stocking.stage import STOCKING_SIGNALS, StockingStage, published_signals
 from engine.store import StateStore
 from engine.worker.processor import BatchProcessor, RawRecord, Stage
 
@@ -182,10 +183,15 @@ class Worker:
         self.views = ViewRefresher(NeighbourViews(self.store, catalogue, settings.recommend),
                                    settings.recommend)
         stages: list[Stage] = [PersonalModel(settings.recommend)]
+        #: the item stages' publications, read back on assignment (``engine.published``)
+        self.published: list[Published] = []
         if settings.pricing.enabled and role != "inputs":
-            stages.append(PricingStage(settings.pricing, self._send))
+            self.published.append(published_prices(catalogue, self._read_tail))
+            stages.append(PricingStage(settings.pricing, self._send, self.published[-1]))
         if settings.stocking.enabled and role != "inputs":
-            stages.append(StockingStage(settings, self._send))
+            self.published.append(published_signals(
+                catalogue.topics[STOCKING_SIGNALS].partitions, self._read_tail))
+            stages.append(StockingStage(settings, self._send, self.published[-1]))
         forward = SignalForwarder(catalogue, self._send) \
             if items and role != "pricing" else None
         self.processor = BatchProcessor(self.store, Validator(catalogue, settings.validation),
@@ -259,6 +265,10 @@ class Worker:
             raise
         return asyncio.gather(*pending)
 
+    async def _read_tail(self, topic: str, starts: dict[int, int | None], recent: int
+                         ) -> list[bytes]:
+        return await asyncio.to_thread(read_tail, self.settings.kafka, topic, starts, recent)
+
     async def _dead_letter(self, topic: str, record: RawRecord, rejection: Rejection
                            ) -> Awaitable[object]:
         headers = [
@@ -307,6 +317,9 @@ class Worker:
             raise StateError("Redis unavailable: cannot read the watermarks of the assignment")
         metrics.ASSIGNED.set(len(mine))
         await self._reset_lost_logs(mine)
+        shards = {p: self.store.shard(t, p) for t, p in mine if t == PRICE_SIGNALS}
+        for published in self.published:
+            await published.resume(self.store, shards)
         marks = {TP(t, p): self.processor.watermarks[(t, p)] for t, p in mine}
         seeks = resume_offsets(marks, committed)
         for tp in behind_kafka(marks, committed):
