@@ -30,6 +30,8 @@ LAG = Gauge("engine_consumer_lag", "Records in the partition not yet applied to 
 LOG_RESETS = Counter("engine_log_resets_total", "Partitions whose broker log was found to end "
                      "below the Redis watermark (log lost); their offsets start again", ["topic"])
 ASSIGNED = Gauge("engine_assigned_partitions", "Input partitions assigned to this worker")
+FETCH_WAIT = Gauge("engine_fetch_max_wait_ms", "How long the worker lets the broker hold a "
+                   "fetch: the configured wait, raised while partitions with records do not move")
 VIEWS_REFRESHED = Counter("engine_reco_views_refreshed_total",
                           "Recommendation neighbour views rebuilt by this worker")
 VIEW_BACKLOG = Gauge("engine_reco_view_backlog",

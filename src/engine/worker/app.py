@@ -2,7 +2,8 @@
 
 Faust is tuned for latency here: its aiokafka driver hard-codes ``fetch_max_wait_ms=1500``, which
 on brokers that hold every fetch that long makes each event wait about a second; the transport
-subclasses below pass ``worker.fetch_max_wait_ms`` instead. State lives only in Redis (no Faust
+subclasses below pass ``worker.fetch_max_wait_ms`` instead, and the worker raises it while a
+partition with records cannot move (``fetchwait``). State lives only in Redis (no Faust
 tables, no changelog topics), the web server with its table and router views is off, and topics
 come from the catalogue rather than Faust's auto-declaration.
 """
@@ -37,6 +38,7 @@ from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.stocking.stage import STOCKING_SIGNALS, StockingStage, published_signals
 from engine.store import StateStore
+from engine.worker.fetchwait import FetchWait
 from engine.worker.processor import BatchProcessor, RawRecord, Stage
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,13 @@ def group_id_for(settings: Settings, role: str) -> str:
 def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = None
               ) -> faust.App:
     fetch_wait = settings.worker.fetch_max_wait_ms
+    consumers: list[Any] = []   # the aiokafka consumer, for the fetch-wait governor
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
             consumer._fetch_max_wait_ms = fetch_wait  # read when its fetcher starts
+            consumers.append(consumer)
             return consumer
 
     class TunedConsumer(faust_aiokafka.Consumer):
@@ -97,6 +101,11 @@ def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = N
     class App(faust.App):
         def _new_transport(self) -> Any:
             return Transport(self.conf.broker_consumer, self)
+
+        @property
+        def kafka_consumer(self) -> Any:
+            """The aiokafka consumer under Faust's (None before the worker starts)."""
+            return consumers[-1] if consumers else None
 
     w = settings.worker
     group_id = group_id or w.group_id
@@ -211,6 +220,9 @@ class Worker:
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
         self.app.timer(settings.worker.heartbeat_interval_s)(self._heartbeat)
         self.app.timer(1.0)(self._flush_latency)
+        self.fetch_wait = FetchWait(settings.worker.fetch_max_wait_ms)
+        metrics.FETCH_WAIT.set(self.fetch_wait.wait_ms)
+        self.app.timer(1.0)(self._govern_fetch_wait)
         if role != "pricing":
             self.app.timer(VIEW_HAND_OVER_S)(self.views.hand_over)
         self.children: list[tuple[str, Any]] = []
@@ -405,6 +417,28 @@ class Worker:
                 "metrics_url": self.metrics_url,
                 "assigned": [f"{t}:{p}" for t, p in assigned]}
         await self.store.client.hset(self.store.key("workers"), self.id, orjson.dumps(beat))
+
+    async def _govern_fetch_wait(self) -> None:
+        consumer = self.app.kafka_consumer   # type: ignore[attr-defined]
+        assignment = consumer._fetcher._subscriptions.subscription.assignment \
+            if consumer is not None and consumer._fetcher is not None \
+            and consumer._fetcher._subscriptions.subscription is not None else None
+        if assignment is None:   # between generations: nothing to judge
+            return
+        seen = {}
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            seen[tp] = (state.position if state.has_valid_position else None, state.highwater)
+        before = self.fetch_wait.wait_ms
+        wait = self.fetch_wait.update(seen)
+        if wait != before:
+            consumer._fetcher._fetch_max_wait_ms = wait   # read for every fetch request
+            metrics.FETCH_WAIT.set(wait)
+            if wait > before:
+                log.warning("partitions hold records their position does not reach (a fetch "
+                            "comes back empty): fetch wait raised to %d ms", wait)
+            else:
+                log.info("partitions moving again: fetch wait lowered to %d ms", wait)
 
     async def _flush_latency(self) -> None:
         counts = self.processor.latency.drain()
