@@ -3,6 +3,7 @@
     python benchmarks/soak.py                      # 30 minutes at 320 events/s (half the
                                                    # ceiling measured by `engine bench`)
     python benchmarks/soak.py --minutes 5 --rate 200 --out /tmp/soak
+    python benchmarks/soak.py --minutes 6 --hiccup-at 2 --hiccup-s 60   # a stalled worker
 
 Real events (the bench's mix: REES46, Online Retail, competitor prices in the demo's topic
 shares, after the catalogue and opening stock of the items they touch) are sent open loop at a
@@ -10,7 +11,9 @@ fixed rate; the cycle repeats with suffixed event ids (DERIVED, as in `engine be
 and items come back and every per-user and per-item structure meets its pruning bound. A query
 client asks the API for recommendations and prices meanwhile. Every 10 s it samples the RSS of
 the worker (with its item-stage and view children) and of the API from /proc, Redis's
-used_memory and key count, and the events applied.
+used_memory and key count, the events applied, and the lag: input records sent (by the
+schedule) minus those the Redis watermarks show applied. ``--hiccup-at M --hiccup-s S`` stops
+the worker and its children (SIGSTOP) at minute M for S seconds: the lag must come back to 0.
 
 Verdict, written to ``benchmarks/results/soak/`` (``soak.json``, ``report.md``): RSS of the
 last fifth of the run against the second fifth (the first is warm-up), per process, must be
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import threading
 import time
@@ -45,6 +49,7 @@ from benchmarks.suite import build  # noqa: E402
 from engine.config import Settings, load_settings  # noqa: E402
 from engine.contracts import load_catalogue  # noqa: E402
 from engine.stack import embedded_stack, say  # noqa: E402
+from engine.store import StateStore  # noqa: E402
 
 SAMPLE_S = 10.0
 CHUNK_S = 60.0
@@ -65,16 +70,48 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def sample(stack: Any, client: redis.Redis, started: float) -> dict[str, Any]:
+class Schedule:
+    """Input records sent by now, as the open-loop schedule has them (the generator keeps to
+    it; how late it ran is reported apart)."""
+
+    def __init__(self) -> None:
+        self.base, self.t0, self.rate = 0, time.monotonic(), 0.0
+
+    def at(self, base: int, rate: float) -> None:
+        self.base, self.t0, self.rate = base, time.monotonic(), rate
+
+    def sent(self, cap: int) -> int:
+        return min(self.base + int((time.monotonic() - self.t0) * self.rate), cap)
+
+
+def sample(stack: Any, client: redis.Redis, started: float, wm_keys: list[str],
+           sent: int) -> dict[str, Any]:
     procs = {p.name: p.pid for p in stack.supervisor.processes if p.pid}
     info = client.info("memory")
     stats = client.hgetall(f"{stack.settings.redis.namespace}:workers")
     applied = sum(orjson.loads(v).get("applied", 0) for v in stats.values())
+    inputs = sum(int(v) + 1 for v in client.mget(wm_keys) if v is not None)
     return {"t_s": round(time.monotonic() - started, 1),
             "worker_rss_mb": round(rss_mb(procs["worker"]), 1),
             "api_rss_mb": round(rss_mb(procs["api"]), 1),
             "redis_used_mb": round(info["used_memory"] / 2**20, 1),
-            "redis_keys": client.dbsize(), "applied": applied}
+            "redis_keys": client.dbsize(), "applied": applied,
+            "lag": max(sent - inputs, 0)}
+
+
+def hiccup(pid: int, at_s: float, pause_s: float, stop: threading.Event,
+           log: list[dict[str, float]], started: float) -> None:
+    """Stop the worker and its children at ``at_s`` for ``pause_s`` seconds."""
+    if stop.wait(at_s):
+        return
+    procs = [pid, *children(pid)]
+    for p in procs:
+        os.kill(p, signal.SIGSTOP)
+    log.append({"stopped_at_s": round(time.monotonic() - started, 1)})
+    stop.wait(pause_s)
+    for p in procs:
+        os.kill(p, signal.SIGCONT)
+    log[-1]["resumed_at_s"] = round(time.monotonic() - started, 1)
 
 
 def queries(api_url: str, users: list[str], items: list[str], rps: float,
@@ -99,10 +136,13 @@ def mean(rows: list[dict[str, Any]], key: str) -> float:
 
 def verdict(samples: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(samples)
+    lags = [s["lag"] for s in samples]
+    out_lag = {"max": max(lags, default=0), "final": lags[-1] if lags else None,
+               "back_to_zero": bool(lags) and lags[-1] == 0}
     fifth = max(n // 5, 1)
     early, late = samples[fifth:2 * fifth], samples[-fifth:]
     half = samples[n // 2:]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"lag": out_lag}
     for key in ("worker_rss_mb", "api_rss_mb"):
         a, b = mean(early, key), mean(late, key)
         out[key] = {"early": round(a, 1), "late": round(b, 1),
@@ -119,21 +159,26 @@ def verdict(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def soak(stack: Any, settings: Settings, minutes: float, rate: float, query_rps: float
-               ) -> dict[str, Any]:
+async def soak(stack: Any, settings: Settings, minutes: float, rate: float, query_rps: float,
+               hiccup_at: float | None = None, hiccup_s: float = 60.0) -> dict[str, Any]:
     catalogue = load_catalogue()
     total = int(minutes * 60 * rate)
     mix, warm, users, items = build(settings, catalogue, total)
     gen = Generator(stack.settings)
     client = redis.Redis.from_url(stack.settings.redis.url, decode_responses=True)
+    store = StateStore(client, stack.settings.redis.namespace)   # type: ignore[arg-type]
+    wm_keys = [store.shard(t.name, p) + "wm" for t in catalogue.inputs
+               for p in range(t.partitions)]
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
     counts: dict[str, int] = {}
+    hiccups: list[dict[str, float]] = []
+    schedule = Schedule()
     started = time.monotonic()
 
     async def sampler() -> None:
         while not stop.is_set():
-            samples.append(sample(stack, client, started))
+            samples.append(sample(stack, client, started, wm_keys, schedule.sent(len(mix))))
             await asyncio.sleep(SAMPLE_S)
 
     sampling = asyncio.create_task(sampler())
@@ -142,23 +187,35 @@ async def soak(stack: Any, settings: Settings, minutes: float, rate: float, quer
     try:
         gen.load(mix.wire(0, warm))
         await gen.run(0, warm, None)
+        schedule.at(warm, 0.0)
         asker.start()
+        if hiccup_at is not None:
+            worker = next(p.pid for p in stack.supervisor.processes if p.name == "worker")
+            threading.Thread(target=hiccup, daemon=True, args=(
+                worker, hiccup_at * 60 - (time.monotonic() - started), hiccup_s, stop,
+                hiccups, started)).start()
         step = int(CHUNK_S * rate)
         late = 0.0
         for start in range(warm, len(mix), step):
             stop_at = min(start + step, len(mix))
             gen.load(mix.wire(start, stop_at))
+            schedule.at(start, rate)
             sent = await gen.run(0, stop_at - start, rate)
             late = max(late, float(sent.late.max()) if len(sent.late) else 0.0)
             if samples:
                 say(f"  soak   {samples[-1]['t_s'] / 60:5.1f} min  {samples[-1]}")
+        schedule.at(len(mix), 0.0)
+        # the last records: wait (up to ten minutes) for the lag to come back to 0
+        deadline = time.monotonic() + 600
+        while samples and samples[-1]["lag"] > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(SAMPLE_S)
     finally:
         stop.set()
         await sampling
         gen.close()
         client.close()
     return {"minutes": minutes, "rate_eps": rate, "events": len(mix) - warm, "warm_up": warm,
-            "generator_max_late_s": round(late, 2), "queries": counts,
+            "generator_max_late_s": round(late, 2), "queries": counts, "hiccups": hiccups,
             "samples": samples, "verdict": verdict(samples)}
 
 
@@ -172,6 +229,14 @@ def report(result: dict[str, Any]) -> str:
         r = v[key]
         lines.append(f"| {name} | {r['early']} | {r['late']} | {r['growth_pct']} % | "
                      f"{'yes' if r['flat_within_10pct'] else 'NO'} |")
+    lag = v["lag"]
+    lines += ["", f"Lag (input records sent by the schedule, not yet applied): at most "
+              f"{lag['max']:,}, at the end {lag['final']}"
+              f"{' (back to 0)' if lag['back_to_zero'] else ' (NOT back to 0)'}; generator at "
+              f"most {result['generator_max_late_s']} s behind its schedule."]
+    for h in result.get("hiccups", []):
+        lines.append(f"Worker stopped (SIGSTOP) at {h.get('stopped_at_s')} s, resumed at "
+                     f"{h.get('resumed_at_s')} s.")
     r = v.get("redis", {})
     lines += ["", f"Redis used memory: {r.get('used_mb_start')} MB at the start, "
               f"{r.get('used_mb_mid')} MB at half time, {r.get('used_mb_end')} MB at the end "
@@ -188,11 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=DEFAULT_RATE, help="events/s")
     ap.add_argument("--query-rps", type=float, default=20.0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "soak")
+    ap.add_argument("--hiccup-at", type=float, default=None, metavar="MINUTE",
+                    help="stop the worker (SIGSTOP) at this minute")
+    ap.add_argument("--hiccup-s", type=float, default=60.0, help="for this many seconds")
     args = ap.parse_args(argv)
     settings = load_settings(None, os.environ)
     say(f"soak: {args.minutes:g} minutes at {args.rate:g} events/s")
     with embedded_stack(settings, os.environ) as stack:
-        result = asyncio.run(soak(stack, settings, args.minutes, args.rate, args.query_rps))
+        result = asyncio.run(soak(stack, settings, args.minutes, args.rate, args.query_rps,
+                                  args.hiccup_at, args.hiccup_s))
     result["machine"] = machine_info()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
@@ -200,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(result))
     v = result["verdict"]
     return 0 if v["worker_rss_mb"]["flat_within_10pct"] and v["api_rss_mb"][
-        "flat_within_10pct"] else 1
+        "flat_within_10pct"] and v["lag"]["back_to_zero"] else 1
 
 
 if __name__ == "__main__":

@@ -434,11 +434,11 @@ class Worker:
         if wait != before:
             consumer._fetcher._fetch_max_wait_ms = wait   # read for every fetch request
             metrics.FETCH_WAIT.set(wait)
-            if wait > before:
-                log.warning("partitions hold records their position does not reach (a fetch "
-                            "comes back empty): fetch wait raised to %d ms", wait)
-            else:
-                log.info("partitions moving again: fetch wait lowered to %d ms", wait)
+            if before == self.fetch_wait.floor_ms:
+                log.warning("partitions hold records their position does not reach: fetch wait "
+                            "raised from %d ms (doubling each second while they stay)", before)
+            elif wait == self.fetch_wait.floor_ms:
+                log.info("partitions moving: fetch wait back to %d ms", wait)
 
     async def _flush_latency(self) -> None:
         counts = self.processor.latency.drain()
