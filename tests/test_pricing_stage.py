@@ -62,14 +62,14 @@ class Broker:
         return done
 
     async def tail(self, topic: str, starts: dict[int, int | None], recent: int
-                   ) -> list[bytes]:
+                   ) -> tuple[list[bytes], dict[int, int]]:
         out = []
         for p, start in starts.items():
             log = self.logs.get((topic, p), [])
             if start is None or not 0 <= start <= len(log):
                 start = max(0, len(log) - recent)
             out += log[start:]
-        return out
+        return out, {p: len(self.logs.get((topic, p), [])) for p in starts}
 
     @property
     def changes(self) -> list[dict[str, Any]]:

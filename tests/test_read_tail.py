@@ -4,13 +4,15 @@ a crashed batch published) must reach the log's real end, also where the broker 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import pytest
 from kafka import KafkaProducer
 
 from engine.config import Settings
-from engine.embedded import create_topics
+from engine.embedded import create_topics, free_port
+from engine.errors import TailUnavailable
 from engine.kafka_client import read_tail
 
 pytestmark = pytest.mark.integration
@@ -38,13 +40,20 @@ def test_reads_from_each_start_to_the_real_end_and_falls_back_to_recent_records(
     a = [f"a{n}".encode() for n in range(30)]
     b = [f"b{n}".encode() for n in range(5)]
 
-    assert read_tail(settings.kafka, topic, {0: 10}, 3) == a[10:]
+    assert read_tail(settings.kafka, topic, {0: 10}, 3) == (a[10:], {0: 30})
     # a start past the end Tansu lists (21 here), inside the real log
-    got = read_tail(settings.kafka, topic, {0: 25, 1: None}, 3)
-    assert got[:5] == a[25:]
+    got, ends = read_tail(settings.kafka, topic, {0: 25, 1: None}, 3)
+    assert got[:5] == a[25:] and ends == {0: 30, 1: 5}
     # no start: at least the last records (counted back from the listed end), in order
     assert is_suffix(got[5:], b, at_least=3)
     # a start past the real end (the broker lost the topic): at least the last records
-    assert is_suffix(read_tail(settings.kafka, topic, {0: 10_000}, 4), a, at_least=4)
-    assert read_tail(settings.kafka, topic, {}, 3) == []
-    assert read_tail(settings.kafka, f"{topic}-absent", {0: 0}, 3) == []
+    got, ends = read_tail(settings.kafka, topic, {0: 10_000}, 4)
+    assert is_suffix(got, a, at_least=4) and ends == {0: 30}
+    assert read_tail(settings.kafka, topic, {}, 3) == ([], {})
+    assert read_tail(settings.kafka, f"{topic}-absent", {0: 0}, 3) == ([], {})
+
+
+def test_an_unreachable_broker_is_reported_as_tail_unavailable(settings: Settings) -> None:
+    dead = dataclasses.replace(settings.kafka, url=f"127.0.0.1:{free_port()}")
+    with pytest.raises(TailUnavailable, match="tail-x"):
+        read_tail(dead, "tail-x", {0: 0}, 3)

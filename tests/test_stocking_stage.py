@@ -15,7 +15,7 @@ from engine.contracts import Catalogue, Validator, load_catalogue
 from engine.core.compose import PRICE_SIGNALS, decision_core
 from engine.replay.run import build_records
 from engine.stocking.query import StockingReader
-from engine.stocking.stage import STOCKING_SIGNALS, StockingStage
+from engine.stocking.stage import STOCKING_SIGNALS, StockingStage, published_signals
 from engine.store import StateStore
 from engine.worker.processor import BatchProcessor, RawRecord
 
@@ -135,6 +135,50 @@ async def test_resent_and_replayed_signals_publish_the_same_stocking_signals(
     finally:
         await drop_namespace(other)
     assert signals(two) == first
+
+
+async def test_a_batch_that_crashed_before_its_apply_publishes_each_signal_once(
+        store: StateStore, catalogue: Catalogue, settings: Settings) -> None:
+    """Stocking signals are keyed by centre, so a shard's signals go to any partition: the
+    marks cover every partition, and a crash between publish and apply publishes nothing twice
+    and loses nothing."""
+    _, inputs = scenario(settings)
+    (partition, raws), = signal_records(catalogue, inputs, 25).items()
+    shard = store.shard(PRICE_SIGNALS, partition)
+    clean = Broker(catalogue)
+    publishing = []   # the records after which the clean run had published more
+    for i, raw in enumerate(raws):
+        before = len(signals(clean))
+        await run(store, catalogue, settings, {partition: [raw]}, clean, start=i)
+        if len(signals(clean)) > before:
+            publishing.append(i)
+    expected = {k: await store.client.hgetall(shard + k) for k in ("st", "sto")}
+    await drop_namespace(store)
+    crash = next(i for i in publishing if i > 0)
+
+    broker = Broker(catalogue)
+    stage = StockingStage(settings, broker, published_signals(4, broker.tail))
+    await pricing_run(store, catalogue, settings, {partition: raws[:crash]}, broker,
+                      stage=stage)
+    validator = Validator(catalogue, settings.validation)
+    before = len(signals(broker))
+    await StockingStage(settings, broker, published_signals(4, broker.tail)).ops(
+        store, PRICE_SIGNALS, partition,
+        [(crash, validator.check(PRICE_SIGNALS, raws[crash]))])   # type: ignore[list-item]
+    assert len(signals(broker)) > before   # published, never applied
+
+    published = published_signals(4, broker.tail)
+    await published.resume(store, {partition: shard})
+    assert published.unapplied
+    await pricing_run(store, catalogue, settings, {partition: raws[crash:]}, broker,
+                      start=crash, stage=StockingStage(settings, broker, published))
+    ids = [s["event_id"] for s in signals(broker)]
+    assert len(ids) == len(set(ids))
+    assert ids == [s["event_id"] for s in signals(clean)]
+    assert {k: await store.client.hgetall(shard + k) for k in ("st", "sto")} == expected
+    marks = await store.client.hgetall(shard + "stpub")
+    assert marks and all(int(v) == len(broker.logs.get((STOCKING_SIGNALS, int(q)), []))
+                         for q, v in marks.items())
 
 
 async def test_customers_fit_and_return_forecasts_from_real_invoices(

@@ -5,7 +5,8 @@
     ├── ContractError        a topic catalogue or schema file is missing or inconsistent
     ├── EmbeddedError        the embedded broker or Redis cannot start (missing binary, port in use)
     ├── StateError           Redis state cannot be read or written as the layout expects
-    └── ReplayError          a data set cannot be read or replayed
+    ├── ReplayError          a data set cannot be read or replayed
+    └── TailUnavailable      a stage's output topic cannot be read back on assignment
 
 Invalid *input events* are not exceptions: they are data (a ``Rejection``) routed to a dead-letter
 topic. Exceptions here mean the engine itself cannot do its job, and say which key, file, port,
@@ -42,3 +43,7 @@ class StateError(EngineError):
 
 class ReplayError(EngineError):
     """A data set cannot be read or replayed."""
+
+
+class TailUnavailable(EngineError):
+    """A stage's output topic could not be read back (broker unreachable or too slow)."""

@@ -41,6 +41,9 @@ PRICE_SIGNALS = Counter("engine_price_signals_forwarded_total",
 PRICE_SIGNAL_DUPLICATES = Counter("engine_price_signal_duplicates_total",
                                   "Re-sent price signals recognised by their source offset")
 PRICE_CHANGES = Counter("engine_price_changes_total", "Price changes published to prices")
+REPUBLISH_UNCHECKED = Counter("engine_republish_unchecked_total",
+                              "Assignments whose output topic could not be read back: a batch "
+                              "that crashed after publishing publishes again", ["topic"])
 REPUBLISH_SKIPPED = Counter("engine_republish_skipped_total",
                             "Decisions of a batch that ran again (after a crash) not published "
                             "again: the topic already had them", ["topic"])

@@ -3,15 +3,21 @@
 The item stages publish a batch's decisions (``prices``, ``stocking-signals``) before they apply
 the batch, so a crash in between cannot lose a decision: the batch runs again from the same
 state and makes the same decisions with the same ids. Without more, it would also publish them
-again. So each shard also keeps, in the batch it applies, where its publishes ended on each
-partition of the output topic (``<prefix>pub``: output partition -> next offset). On assignment
-a stage reads the output topic from there to its end (``Tail``): whatever is on it is a
-decision of a batch that was published and not applied, and its id is not published again when
-that batch runs again. The batch's state is still applied.
+again. So each shard also keeps, in the batches it applies, a mark per partition of the output
+topic (``<prefix>pub``: output partition -> offset) below which none of its publishes is
+unapplied. On assignment the stage reads the output topic from the owned shards' marks to the
+end (``Tail``): what it finds there are decisions of a batch that was published and not
+applied, and their ids are not published again when that batch runs again (its state is still
+applied).
 
-A shard that has no mark yet for a partition (a first batch, or state from before this mark
-existed), or whose mark lies outside the log (the broker lost the topic), has the partition's
-last ``recent`` records read instead: more than one stage batch can publish.
+The marks are where this process's publishes on each partition had ended (every ack counts,
+whichever shard sent it; the ends found on assignment start it) when a batch finished
+publishing: the shard's own later publishes can only come after. A batch writes them when it
+published something new, or when no id read back is still waiting to be skipped: a batch that
+only re-ran part of a crashed batch must not move the mark past the rest of it.
+
+A shard without a mark for a partition (its first batches), or whose mark lies outside the log
+(the broker lost the topic), has the partition's last ``recent`` records read instead.
 """
 
 from __future__ import annotations
@@ -21,18 +27,23 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 import orjson
-from kafka.errors import KafkaError
 
 from engine import metrics
 from engine.core.activity import Op
+from engine.errors import TailUnavailable
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
 
+#: Records read back per partition where a shard has no usable mark: more than a stage batch
+#: publishes (32 price-signals records of at most 200 signals).
+RECENT = 10_000
+
+
 #: Reads a topic's partitions, each from its offset (None, or an offset outside its log: its
-#: last ``recent`` records), to the end; returns the record values. Partitions left out are not
-#: read.
-Tail = Callable[[str, dict[int, int | None], int], Awaitable[list[bytes]]]
+#: last ``recent`` records), to the end. Returns the record values and each partition's end (the
+#: offset after its last record); partitions left out are not read. Raises TailUnavailable.
+Tail = Callable[[str, dict[int, int | None], int], Awaitable[tuple[list[bytes], dict[int, int]]]]
 
 
 class Ack(Protocol):
@@ -46,23 +57,25 @@ class Published:
     """One stage's publications on one output topic; see the module docstring."""
 
     def __init__(self, topic: str, partitions: int, key: str, id_field: str,
-                 tail: Tail | None, recent: int,
+                 tail: Tail | None, recent: int = RECENT,
                  routes: Callable[[int], Collection[int]] | None = None) -> None:
         self.topic = topic
         self.partitions = partitions
-        #: the shard hash that keeps where this stage's publishes ended, per output partition
+        #: the shard hash that keeps the marks, per output partition
         self.key = key
         self.id_field = id_field
         self.tail = tail
         self.recent = recent
         #: the output partitions a shard's decisions can go to (all, unless the stage knows)
         self.routes = routes or (lambda shard: range(partitions))
-        #: ids on the output topic that the owned shards' applied state does not account for
+        #: ids read back on assignment not yet met again (each is skipped once, then dropped)
         self.unapplied: set[str] = set()
+        #: output partition -> offset after the last record this process knows is there
+        self.ends: dict[int, int] = {}
 
     async def resume(self, store: StateStore, shards: dict[int, str]) -> None:
         """On assignment (``shards``: partition -> prefix of each shard now owned): read the
-        output topic after the shards' applied publishes and remember its decision ids."""
+        output topic after the shards' marks and remember its decision ids."""
         self.unapplied = set()
         if self.tail is None or not shards:
             return
@@ -80,20 +93,22 @@ class Published:
                     before = starts[q]
                     starts[q] = None if before is None or mark is None else min(before, mark)
         try:
-            values = await self.tail(self.topic, starts, self.recent)
-        except (KafkaError, OSError) as exc:   # not worth a worker that cannot start
+            values, ends = await self.tail(self.topic, starts, self.recent)
+        except TailUnavailable as exc:   # not worth a worker that cannot start
+            metrics.REPUBLISH_UNCHECKED.labels(self.topic).inc()
             log.warning("%s not read back on assignment (%s): a batch that crashed after "
                         "publishing and runs again publishes its decisions again", self.topic,
                         exc)
             return
+        self.ends = dict(ends)   # the log as it is now (a lost topic starts again at 0)
         for value in values:
             try:
                 self.unapplied.add(str(orjson.loads(value)[self.id_field]))
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue   # not a decision (nothing but the engine writes this topic)
         if self.unapplied:
-            log.info("%s: %d decisions on the topic after the applied state of partitions %s; "
-                     "a batch that runs again does not publish them twice", self.topic,
+            log.info("%s: %d decisions on the topic after the marks of partitions %s; a batch "
+                     "that runs again does not publish them twice", self.topic,
                      len(self.unapplied), sorted(shards))
 
     def fresh(self, records: list[tuple[bytes | None, bytes, int | None]],
@@ -101,14 +116,23 @@ class Published:
         """The records (with their decision ``ids``, in the same order) not published yet."""
         if not self.unapplied:
             return records
-        out = [r for r, i in zip(records, ids, strict=True) if i not in self.unapplied]
+        out = []
+        for record, i in zip(records, ids, strict=True):
+            if i in self.unapplied:
+                self.unapplied.discard(i)
+            else:
+                out.append(record)
         if len(out) < len(records):
             metrics.REPUBLISH_SKIPPED.labels(self.topic).inc(len(records) - len(out))
         return out
 
-    def marks(self, acks: Sequence[Ack]) -> list[Op]:
-        """The ops that keep where this batch's publishes ended (applied with the batch)."""
-        ends: dict[int, int] = {}
+    def acked(self, acks: Sequence[Ack]) -> None:
+        """Note where the broker put a batch's records."""
         for ack in acks:
-            ends[ack.partition] = max(ends.get(ack.partition, -1), ack.offset + 1)
-        return [("hset", self.key, str(p), str(o)) for p, o in sorted(ends.items())]
+            self.ends[ack.partition] = max(self.ends.get(ack.partition, 0), ack.offset + 1)
+
+    def marks(self, published: bool) -> list[Op]:
+        """The ops that keep the marks, applied with the batch (see the module docstring)."""
+        if not published and self.unapplied:
+            return []
+        return [("hset", self.key, str(q), str(end)) for q, end in sorted(self.ends.items())]

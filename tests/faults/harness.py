@@ -334,6 +334,29 @@ def read_all(settings: Settings, topics: Sequence[str], **options: Any) -> Itera
         consumer.close()
 
 
+async def applied_decisions(store: StateStore, catalogue: Catalogue) -> dict[str, set[str]]:
+    """The decision ids the item stages' applied state says were published: every change in
+    the items' price histories (``pxh``) and every open stocking signal (``sto``)."""
+    prices: set[str] = set()
+    signals: set[str] = set()
+    for p in range(catalogue.topics["price-signals"].partitions):
+        shard = store.shard("price-signals", p)
+        async for key in store.client.scan_iter(match=f"{shard}pxh:*", count=1000):
+            prices |= {orjson.loads(v)["decision_id"] for v in
+                       await store.client.lrange(key, 0, -1)}
+        signals |= {orjson.loads(v)["event_id"] for v in
+                    (await store.client.hgetall(shard + "sto")).values()}
+    return {"prices": prices, "stocking-signals": signals}
+
+
+def read_back(run_dir: Path) -> int:
+    """Decisions the workers of a run found on their output topics after their shards' marks
+    on assignment (published by a batch that crashed before its apply), from their logs."""
+    pattern = re.compile(r"(\d+) decisions on the topic after the marks")
+    return sum(int(n) for log in run_dir.glob("worker-*.log")
+               for n in pattern.findall(log.read_text(errors="replace")))
+
+
 #: The field that identifies a decision on each topic the item stages publish to.
 DECISION_ID = {"prices": "decision_id", "stocking-signals": "event_id"}
 

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -35,7 +35,7 @@ from engine.core.activity import Op
 from engine.core.compose import PRICE_SIGNALS
 from engine.core.pricing import ConversionModel, PricingParams
 from engine.core.repricing import MALFORMED, ItemPricing, PricingConfig, Repricer, signals_for
-from engine.published import Published, Tail
+from engine.published import Ack, Published, Tail
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,8 @@ Send = Callable[[str, list[tuple[bytes | None, bytes, int | None]]],
                 Awaitable[Awaitable[object]]]
 
 
-#: The shard hash that keeps where the stage's publishes to ``prices`` ended (``Published``).
+#: The shard hash that keeps the stage's marks on ``prices`` (``engine.published``).
 PUBLISHED_KEY = "pxpub"
-#: Records read back per ``prices`` partition when a shard has no mark for it: more than one
-#: stage batch can publish (32 records of at most 200 signals).
-REPUBLISH_RECENT = 10_000
 
 
 def published_prices(catalogue: Catalogue, tail: Tail | None) -> Published:
@@ -62,7 +59,7 @@ def published_prices(catalogue: Catalogue, tail: Tail | None) -> Published:
     partitioner, so with as many partitions on each, a shard's changes all go to the
     ``prices`` partition of its own number, and only that one is read back."""
     shards, out = (catalogue.topics[t].partitions for t in (PRICE_SIGNALS, PRICES))
-    return Published(PRICES, out, PUBLISHED_KEY, "decision_id", tail, REPUBLISH_RECENT,
+    return Published(PRICES, out, PUBLISHED_KEY, "decision_id", tail,
                      routes=(lambda shard: (shard,)) if shards == out else None)
 
 
@@ -165,8 +162,7 @@ class PricingStage:
         self.s = settings
         self.send = send
         #: without a tail reader, a batch that runs again publishes its changes again
-        self.published = published or Published(PRICES, 0, PUBLISHED_KEY, "decision_id",
-                                                None, 0)
+        self.published = published or Published(PRICES, 0, PUBLISHED_KEY, "decision_id", None)
         self.config = pricing_config(settings)
         self.repricer = Repricer(self.config)
 
@@ -249,10 +245,11 @@ class PricingStage:
         fresh = self.published.fresh(changes, ids)
         if fresh:   # on the broker before the state moves on: a crash cannot lose them
             publishing = time.perf_counter()
-            acks = await (await self.send(PRICES, fresh))
-            out[last_offset] += self.published.marks(acks)   # type: ignore[arg-type]
+            self.published.acked(cast(Sequence[Ack], await (await self.send(PRICES, fresh))))
             metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
             metrics.PRICE_CHANGES.inc(len(fresh))
+        if last_offset >= 0:
+            out[last_offset] += self.published.marks(bool(fresh))
         return out
 
     @staticmethod

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -47,15 +47,8 @@ from engine.core.stocking import (
     parent_names,
     parent_rows,
 )
-from engine.pricing.stage import (
-    DUPLICATE,
-    MALFORMED,
-    REPUBLISH_RECENT,
-    YIELD_EVERY,
-    Send,
-    SourceMarks,
-)
-from engine.published import Published, Tail
+from engine.pricing.stage import DUPLICATE, MALFORMED, YIELD_EVERY, Send, SourceMarks
+from engine.published import Ack, Published, Tail
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -88,7 +81,7 @@ def stocking_policy(settings: Settings) -> StockingPolicy:
 def published_signals(partitions: int, tail: Tail | None) -> Published:
     """The stage's publications on ``stocking-signals`` (``partitions`` of them). They are
     keyed by centre, so a shard's signals can go to any partition: all are read back."""
-    return Published(STOCKING_SIGNALS, partitions, "stpub", "event_id", tail, REPUBLISH_RECENT)
+    return Published(STOCKING_SIGNALS, partitions, "stpub", "event_id", tail)
 
 
 def open_field(item: str, dc: str) -> str:
@@ -239,8 +232,9 @@ class StockingStage:
         if fresh:   # on the broker before the state moves on: a crash cannot lose them
             publishing = time.perf_counter()
             acks = await (await self.send(STOCKING_SIGNALS, fresh))
-            out[signals[-1][0]] += self.published.marks(acks)   # type: ignore[arg-type]
+            self.published.acked(cast(Sequence[Ack], acks))
             metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
+        out[signals[-1][0]] += self.published.marks(bool(fresh))
         return out
 
 

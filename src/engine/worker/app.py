@@ -38,7 +38,7 @@ from engine.recommend.neighbours import NeighbourViews, ViewRefresher
 from engine.recommend.personal import PersonalModel
 from engine.stocking.stage import STOCKING_SIGNALS, StockingStage, published_signals
 from engine.store import StateStore
-from engine.worker.fetchwait import FetchWait
+from engine.worker.fetchwait import FetchWait, fetch_positions
 from engine.worker.processor import BatchProcessor, RawRecord, Stage
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = N
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
             consumer._fetch_max_wait_ms = fetch_wait  # read when its fetcher starts
-            consumers.append(consumer)
+            consumers[:] = [consumer]   # a restarted consumer thread makes a new one
             return consumer
 
     class TunedConsumer(faust_aiokafka.Consumer):
@@ -278,7 +278,7 @@ class Worker:
         return asyncio.gather(*pending)
 
     async def _read_tail(self, topic: str, starts: dict[int, int | None], recent: int
-                         ) -> list[bytes]:
+                         ) -> tuple[list[bytes], dict[int, int]]:
         return await asyncio.to_thread(read_tail, self.settings.kafka, topic, starts, recent)
 
     async def _dead_letter(self, topic: str, record: RawRecord, rejection: Rejection
@@ -329,9 +329,7 @@ class Worker:
             raise StateError("Redis unavailable: cannot read the watermarks of the assignment")
         metrics.ASSIGNED.set(len(mine))
         await self._reset_lost_logs(mine)
-        shards = {p: self.store.shard(t, p) for t, p in mine if t == PRICE_SIGNALS}
-        for published in self.published:
-            await published.resume(self.store, shards)
+        await self._read_back([p for t, p in mine if t == PRICE_SIGNALS])
         marks = {TP(t, p): self.processor.watermarks[(t, p)] for t, p in mine}
         seeks = resume_offsets(marks, committed)
         for tp in behind_kafka(marks, committed):
@@ -342,6 +340,21 @@ class Worker:
                  {f"{tp.topic}:{tp.partition}": wm for tp, wm in marks.items()})
         await self._heartbeat()
         return seeks
+
+    async def _read_back(self, partitions: list[int]) -> None:
+        """The item stages read back what they published after their shards' marks (both
+        topics at once: assignment waits for this)."""
+        shards = {p: self.store.shard(PRICE_SIGNALS, p) for p in partitions}
+        for attempt in range(RESUME_ATTEMPTS):
+            try:
+                await asyncio.gather(*(published.resume(self.store, shards)
+                                       for published in self.published))
+                return
+            except TRANSIENT_REDIS_ERRORS as exc:
+                log.warning("Redis unavailable reading the publish marks (%s); retry %d of %d",
+                            exc, attempt + 1, RESUME_ATTEMPTS)
+                await asyncio.sleep(1.0)
+        raise StateError("Redis unavailable: cannot read the publish marks of the assignment")
 
     async def _reset_lost_logs(self, mine: list[tuple[str, int]]) -> None:
         """Where the broker lost a partition's log, its offsets start again, and a watermark
@@ -420,19 +433,19 @@ class Worker:
 
     async def _govern_fetch_wait(self) -> None:
         consumer = self.app.kafka_consumer   # type: ignore[attr-defined]
-        assignment = consumer._fetcher._subscriptions.subscription.assignment \
-            if consumer is not None and consumer._fetcher is not None \
-            and consumer._fetcher._subscriptions.subscription is not None else None
-        if assignment is None:   # between generations: nothing to judge
+        fetcher = getattr(consumer, "_fetcher", None)
+        try:
+            seen = fetch_positions(fetcher, getattr(self.app.consumer,
+                                                    "_buffered_partitions", ()))
+        except Exception:   # aiokafka's own thread moves these; a bad read costs one look
+            log.debug("fetch positions not read this second", exc_info=True)
             return
-        seen = {}
-        for tp in assignment.tps:
-            state = assignment.state_value(tp)
-            seen[tp] = (state.position if state.has_valid_position else None, state.highwater)
+        if seen is None or fetcher is None:    # between generations: nothing to judge
+            return
         before = self.fetch_wait.wait_ms
         wait = self.fetch_wait.update(seen)
         if wait != before:
-            consumer._fetcher._fetch_max_wait_ms = wait   # read for every fetch request
+            fetcher._fetch_max_wait_ms = wait   # read for every fetch request
             metrics.FETCH_WAIT.set(wait)
             if before == self.fetch_wait.floor_ms:
                 log.warning("partitions hold records their position does not reach: fetch wait "

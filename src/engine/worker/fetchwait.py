@@ -17,7 +17,8 @@ has them); it only delays an answer that would have been empty.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
+from typing import Any
 
 #: The longest wait the governor sets (aiokafka's default is 500 ms; Faust's 1,500 ms).
 CEILING_MS = 1000
@@ -54,3 +55,24 @@ class FetchWait:
                 self.wait_ms = max(self.wait_ms // 2, self.floor_ms)
                 self.calm = 0
         return self.wait_ms
+
+
+def fetch_positions(fetcher: Any, held: Collection[Any]
+                    ) -> dict[Hashable, tuple[int | None, int | None]] | None:
+    """Position and log end of each partition aiokafka's fetcher is fetching (None between
+    assignments). Left out: partitions paused, held back by Faust because their stream's buffer
+    is full (``held``), or with fetched records not yet taken: there the worker, not the broker,
+    is what does not move. aiokafka's thread updates these as they are read: each is read once.
+    """
+    subscription = getattr(getattr(fetcher, "_subscriptions", None), "subscription", None)
+    assignment = getattr(subscription, "assignment", None)
+    if assignment is None:
+        return None
+    buffered = set(getattr(fetcher, "_records", {}))
+    out: dict[Hashable, tuple[int | None, int | None]] = {}
+    for tp in list(assignment.tps):
+        state = assignment.state_value(tp)
+        if state is None or state.paused or tp in buffered or tp in held:
+            continue
+        out[tp] = (state._position, state.highwater)
+    return out
