@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 import redis
 import requests
+from kafka import KafkaConsumer, TopicPartition
 
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
@@ -48,6 +49,7 @@ from benchmarks.report import machine_info  # noqa: E402
 from benchmarks.suite import build  # noqa: E402
 from engine.config import Settings, load_settings  # noqa: E402
 from engine.contracts import load_catalogue  # noqa: E402
+from engine.core.compose import PRICE_SIGNALS  # noqa: E402
 from engine.stack import embedded_stack, say  # noqa: E402
 from engine.store import StateStore  # noqa: E402
 
@@ -84,19 +86,35 @@ class Schedule:
         return min(self.base + int((time.monotonic() - self.t0) * self.rate), cap)
 
 
+def item_lag(consumer: KafkaConsumer, client: redis.Redis, store: StateStore,
+             partitions: int) -> int:
+    """price-signals records not yet applied by the item stages (the broker's listed ends,
+    which Tansu gives a batch short at most)."""
+    tps = [TopicPartition(PRICE_SIGNALS, p) for p in range(partitions)]
+    ends = consumer.end_offsets(tps)
+    marks = client.mget([store.shard(PRICE_SIGNALS, p) + "wm" for p in range(partitions)])
+    return sum(max(ends[tp] - (int(m) + 1 if m is not None else 0), 0)
+               for tp, m in zip(tps, marks, strict=True))
+
+
 def sample(stack: Any, client: redis.Redis, started: float, wm_keys: list[str],
-           sent: int) -> dict[str, Any]:
+           sent: int, items_behind: int) -> dict[str, Any]:
     procs = {p.name: p.pid for p in stack.supervisor.processes if p.pid}
     info = client.info("memory")
     stats = client.hgetall(f"{stack.settings.redis.namespace}:workers")
     applied = sum(orjson.loads(v).get("applied", 0) for v in stats.values())
     inputs = sum(int(v) + 1 for v in client.mget(wm_keys) if v is not None)
+    pipe = client.pipeline(transaction=False)
+    for key in wm_keys:   # the dedupe window of each input shard (``ids``, next to ``wm``)
+        pipe.zcard(key[:-2] + "ids")
+    remembered = sum(pipe.execute())
     return {"t_s": round(time.monotonic() - started, 1),
             "worker_rss_mb": round(rss_mb(procs["worker"]), 1),
             "api_rss_mb": round(rss_mb(procs["api"]), 1),
             "redis_used_mb": round(info["used_memory"] / 2**20, 1),
             "redis_keys": client.dbsize(), "applied": applied,
-            "lag": max(sent - inputs, 0)}
+            "lag": max(sent - inputs, 0), "item_lag": items_behind,
+            "dedupe_ids": remembered}
 
 
 def hiccup(pid: int, at_s: float, pause_s: float, stop: threading.Event,
@@ -115,15 +133,18 @@ def hiccup(pid: int, at_s: float, pause_s: float, stop: threading.Event,
 
 
 def queries(api_url: str, users: list[str], items: list[str], rps: float,
-            stop: threading.Event, counts: dict[str, int]) -> None:
+            stop: threading.Event, counts: dict[str, Any]) -> None:
     session = requests.Session()
     i = 0
     while not stop.is_set():
         paths = [f"/v1/users/{users[i % len(users)]}/recommendations",
                  f"/v1/items/{items[i % len(items)]}/price"]
         try:
-            status = session.get(api_url + paths[i % 2], timeout=5).status_code
-            counts[str(status)] = counts.get(str(status), 0) + 1
+            response = session.get(api_url + paths[i % 2], timeout=5)
+            status = str(response.status_code)
+            counts[status] = counts.get(status, 0) + 1
+            if status not in ("200", "404") and f"why {status}" not in counts:
+                counts[f"why {status}"] = response.text[:200]   # the first one, as an example
         except requests.RequestException:
             counts["error"] = counts.get("error", 0) + 1
         i += 1
@@ -137,8 +158,11 @@ def mean(rows: list[dict[str, Any]], key: str) -> float:
 def verdict(samples: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(samples)
     lags = [s["lag"] for s in samples]
+    items = [s.get("item_lag", 0) for s in samples]
     out_lag = {"max": max(lags, default=0), "final": lags[-1] if lags else None,
-               "back_to_zero": bool(lags) and lags[-1] == 0}
+               "back_to_zero": bool(lags) and lags[-1] == 0,
+               "item_stages_max": max(items, default=0),
+               "item_stages_final": items[-1] if items else None}
     fifth = max(n // 5, 1)
     early, late = samples[fifth:2 * fifth], samples[-fifth:]
     half = samples[n // 2:]
@@ -155,7 +179,9 @@ def verdict(samples: list[dict[str, Any]]) -> dict[str, Any]:
                         "used_mb_mid": first["redis_used_mb"], "used_mb_end": last["redis_used_mb"],
                         "growth_mb_per_hour_second_half": round(
                             (last["redis_used_mb"] - first["redis_used_mb"]) / hours, 1),
-                        "keys_mid": first["redis_keys"], "keys_end": last["redis_keys"]}
+                        "keys_mid": first["redis_keys"], "keys_end": last["redis_keys"],
+                        "dedupe_ids_mid": first.get("dedupe_ids"),
+                        "dedupe_ids_end": last.get("dedupe_ids")}
     return out
 
 
@@ -171,14 +197,19 @@ async def soak(stack: Any, settings: Settings, minutes: float, rate: float, quer
                for p in range(t.partitions)]
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {}
     hiccups: list[dict[str, float]] = []
     schedule = Schedule()
     started = time.monotonic()
 
+    consumer = KafkaConsumer(bootstrap_servers=stack.settings.kafka.url)
+    signal_partitions = catalogue.topics[PRICE_SIGNALS].partitions
+
     async def sampler() -> None:
         while not stop.is_set():
-            samples.append(sample(stack, client, started, wm_keys, schedule.sent(len(mix))))
+            behind = item_lag(consumer, client, store, signal_partitions)
+            samples.append(sample(stack, client, started, wm_keys, schedule.sent(len(mix)),
+                                  behind))
             await asyncio.sleep(SAMPLE_S)
 
     sampling = asyncio.create_task(sampler())
@@ -207,13 +238,15 @@ async def soak(stack: Any, settings: Settings, minutes: float, rate: float, quer
         schedule.at(len(mix), 0.0)
         # the last records: wait (up to ten minutes) for the lag to come back to 0
         deadline = time.monotonic() + 600
-        while samples and samples[-1]["lag"] > 0 and time.monotonic() < deadline:
+        while samples and (samples[-1]["lag"] > 0 or samples[-1]["item_lag"] > 0) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(SAMPLE_S)
     finally:
         stop.set()
         await sampling
         gen.close()
         client.close()
+        consumer.close()
     return {"minutes": minutes, "rate_eps": rate, "events": len(mix) - warm, "warm_up": warm,
             "generator_max_late_s": round(late, 2), "queries": counts, "hiccups": hiccups,
             "samples": samples, "verdict": verdict(samples)}
@@ -232,8 +265,10 @@ def report(result: dict[str, Any]) -> str:
     lag = v["lag"]
     lines += ["", f"Lag (input records sent by the schedule, not yet applied): at most "
               f"{lag['max']:,}, at the end {lag['final']}"
-              f"{' (back to 0)' if lag['back_to_zero'] else ' (NOT back to 0)'}; generator at "
-              f"most {result['generator_max_late_s']} s behind its schedule."]
+              f"{' (back to 0)' if lag['back_to_zero'] else ' (NOT back to 0)'}; item stages "
+              f"(price-signals records) at most {lag['item_stages_max']:,}, at the end "
+              f"{lag['item_stages_final']}; generator at most "
+              f"{result['generator_max_late_s']} s behind its schedule."]
     for h in result.get("hiccups", []):
         lines.append(f"Worker stopped (SIGSTOP) at {h.get('stopped_at_s')} s, resumed at "
                      f"{h.get('resumed_at_s')} s.")
@@ -241,7 +276,9 @@ def report(result: dict[str, Any]) -> str:
     lines += ["", f"Redis used memory: {r.get('used_mb_start')} MB at the start, "
               f"{r.get('used_mb_mid')} MB at half time, {r.get('used_mb_end')} MB at the end "
               f"({r.get('growth_mb_per_hour_second_half')} MB/hour over the second half); keys "
-              f"{r.get('keys_mid')} -> {r.get('keys_end')}.", "",
+              f"{r.get('keys_mid')} -> {r.get('keys_end')}; event ids remembered for "
+              f"deduplication {r.get('dedupe_ids_mid')} -> {r.get('dedupe_ids_end')} (capped at "
+              f"validation.dedupe_window per input shard).", "",
               f"Machine: {result['machine']}"]
     return "\n".join(lines) + "\n"
 

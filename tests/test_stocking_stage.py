@@ -142,8 +142,9 @@ async def test_a_batch_that_crashed_before_its_apply_publishes_each_signal_once(
     """Stocking signals are keyed by centre, so a shard's signals go to any partition: the
     marks cover every partition, and a crash between publish and apply publishes nothing twice
     and loses nothing."""
-    _, inputs = scenario(settings)
-    (partition, raws), = signal_records(catalogue, inputs, 25).items()
+    item, inputs = scenario(settings)
+    partition = catalogue.partition_of(PRICE_SIGNALS, item)
+    raws = signal_records(catalogue, inputs, 25)[partition]
     shard = store.shard(PRICE_SIGNALS, partition)
     clean = Broker(catalogue)
     publishing = []   # the records after which the clean run had published more

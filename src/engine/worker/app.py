@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 EXIT_FATAL = 70
 #: Attempts, a second apart, to read the watermarks when partitions are assigned.
 RESUME_ATTEMPTS = 30
+#: Records Faust holds per topic ahead of each agent (Faust's default).
+STREAM_BUFFER = 4096
 #: Dead letters keep at most this much of a key; longer keys are cut, with a hash in a header.
 DLQ_MAX_KEY_BYTES = 1024
 
@@ -63,8 +65,8 @@ def group_id_for(settings: Settings, role: str) -> str:
         else settings.worker.group_id
 
 
-def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = None
-              ) -> faust.App:
+def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = None,
+              stream_buffer: int = STREAM_BUFFER) -> faust.App:
     fetch_wait = settings.worker.fetch_max_wait_ms
     consumers: list[Any] = []   # the aiokafka consumer, for the fetch-wait governor
 
@@ -129,6 +131,7 @@ def build_app(settings: Settings, catalogue: Catalogue, group_id: str | None = N
         datadir=os.path.join(tempfile.gettempdir(), f"engine-faust-{group_id}"),
         key_serializer="raw",
         value_serializer="raw",
+        stream_buffer_maxsize=stream_buffer,
     )
 
 
@@ -166,6 +169,10 @@ def behind_kafka(watermarks: dict[TP, int], committed: dict[TP, int | None]) -> 
 
 #: price-signals records per batch (each holds up to ``stage.SIGNALS_PER_RECORD`` signals).
 PRICE_SIGNAL_RECORDS_PER_BATCH = 32
+#: Records a pricing worker's Faust holds ahead of its agent: eight batches. It reads only
+#: price-signals, whose records carry up to 200 signals (48 KB), and with Faust's 4,096 a
+#: pricing worker that fell behind in the soak kept growing (237 -> 273 MB in 13 minutes).
+PRICE_SIGNAL_BUFFER = 8 * PRICE_SIGNAL_RECORDS_PER_BATCH
 #: How often the items touched are handed to the view projector (one SADD each time).
 VIEW_HAND_OVER_S = 0.1
 
@@ -187,7 +194,8 @@ class Worker:
         consumed = [t for t in catalogue.consumed
                     if (t.name == PRICE_SIGNALS and items and role != "inputs")
                     or (t.name != PRICE_SIGNALS and role != "pricing")]
-        self.app = build_app(settings, catalogue, group_id_for(settings, role))
+        self.app = build_app(settings, catalogue, group_id_for(settings, role),
+                             PRICE_SIGNAL_BUFFER if role == "pricing" else STREAM_BUFFER)
         self.store = StateStore.open(settings.redis)
         self.views = ViewRefresher(NeighbourViews(self.store, catalogue, settings.recommend),
                                    settings.recommend)
