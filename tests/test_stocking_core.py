@@ -57,6 +57,21 @@ def test_short_centre_opens_a_signal_with_a_source_that_has_surplus() -> None:
     assert st.open["dc-uk"]["signal_id"] == signal["signal_id"]
 
 
+def test_signals_opened_at_one_event_time_by_different_events_have_different_ids() -> None:
+    """Replayed data repeats event times (and an item's signal can clear and open again at one
+    time): the opening event is part of the id; the same event gives the same id."""
+    ids = []
+    for cause in ("orders:0:17:0", "orders:0:17:0", "orders:2:5:1"):
+        fc = Forecaster()
+        t = _history(fc)
+        st = ItemStock(category="kitchen")
+        st.stock("dc-uk", 5, 0, t)
+        signal = assess(fc, "mug", st, {"uk"}, "dc-uk", t, POLICY, cause)
+        assert signal is not None
+        ids.append(signal["signal_id"])
+    assert ids[0] == ids[1] != ids[2]
+
+
 def test_unknown_stock_decides_nothing_and_a_covered_centre_opens_nothing() -> None:
     fc = Forecaster()
     t = _history(fc)

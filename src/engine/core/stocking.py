@@ -138,15 +138,20 @@ def need(mean: float, variance: float, p_none: float, service_level: float) -> f
     return lognormal_quantile(mean, variance, service_level)
 
 
-def signal_id(item: str, dc: str, opened_ms: int) -> str:
-    digest = hashlib.blake2b(f"{item}\x00{dc}\x00{opened_ms}".encode(), digest_size=10)
+def signal_id(item: str, dc: str, opened_ms: int, opened_by: str = "") -> str:
+    """A signal's id: its item, centre and opening time, and the input event that opened it
+    (an item's signals can open and clear at one event time, and replayed data repeats event
+    times: without the event, two signals would share an id). The same input opens the same
+    signal again when a batch runs again, so the id is the same then."""
+    digest = hashlib.blake2b(f"{item}\x00{dc}\x00{opened_ms}\x00{opened_by}".encode(),
+                             digest_size=10)
     return "stk-" + digest.hexdigest()
 
 
 def assess(fc: Forecaster, item: str, st: ItemStock, regions: Iterable[str], dc: str, t: int,
-           policy: StockingPolicy) -> dict[str, Any] | None:
-    """Decide for ``item`` at centre ``dc`` at event time ``t``; returns the signal to publish
-    on ``stocking-signals`` (and updates ``st``), or None."""
+           policy: StockingPolicy, cause: str = "") -> dict[str, Any] | None:
+    """Decide for ``item`` at centre ``dc`` at event time ``t`` (on the input event ``cause``);
+    returns the signal to publish on ``stocking-signals`` (and updates ``st``), or None."""
     available = st.available(dc)
     if available is None:
         return None
@@ -179,7 +184,7 @@ def assess(fc: Forecaster, item: str, st: ItemStock, regions: Iterable[str], dc:
     if t - st.published.get(dc, -policy.signal_interval_ms) < policy.signal_interval_ms \
             and not found_source:
         return None                                   # rate-limited: the next evaluation says it
-    sid = current["signal_id"] if current is not None else signal_id(item, dc, t)
+    sid = current["signal_id"] if current is not None else signal_id(item, dc, t, cause)
     reason = (f"upper {policy.service_level:.0%} forecast over the {_fmt(lead)}-day lead time "
               f"{_fmt(demand.upper)} > {available} available; target {target} covers "
               f"{_fmt(lead + policy.cover_days)} days")

@@ -138,7 +138,8 @@ class StockingStage:
         centres = [dc, *sorted(set(st.open) - {dc})] if kind == "stock" else [dc]
         out = []
         for centre in centres:
-            decided = assess(fc, item, st, regions, centre, t, self.policy)
+            decided = assess(fc, item, st, regions, centre, t, self.policy,
+                             str(signal.get("event_id", "")))
             if decided is not None:
                 out.append((centre, decided))
         return out
