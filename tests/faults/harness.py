@@ -349,12 +349,16 @@ async def applied_decisions(store: StateStore, catalogue: Catalogue) -> dict[str
     return {"prices": prices, "stocking-signals": signals}
 
 
-def read_back(run_dir: Path) -> int:
-    """Decisions the workers of a run found on their output topics after their shards' marks
-    on assignment (published by a batch that crashed before its apply), from their logs."""
-    pattern = re.compile(r"(\d+) decisions on the topic after the marks")
-    return sum(int(n) for log in run_dir.glob("worker-*.log")
-               for n in pattern.findall(log.read_text(errors="replace")))
+def read_back(run_dir: Path) -> dict[str, int]:
+    """Decisions the workers of a run found on each output topic after their shards' marks on
+    assignment (published by a batch that crashed before its apply, and for topics with many
+    writers per partition also others' applied ones), from their logs."""
+    pattern = re.compile(r"([a-z-]+): (\d+) decisions on the topic after the marks")
+    out: Counter[str] = Counter()
+    for log in run_dir.glob("worker-*.log"):
+        for topic, n in pattern.findall(log.read_text(errors="replace")):
+            out[topic] += int(n)
+    return dict(out)
 
 
 #: The field that identifies a decision on each topic the item stages publish to.

@@ -34,6 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 CRASHES = 20 if FULL else 3
 AFTER_COMMIT = 3 if FULL else 1
+#: Crashes the moment `prices` grows: aimed between a batch's publish and its apply.
+AFTER_PUBLISH = 3 if FULL else 0
 #: Seconds a worker lives after joining before a random crash.
 LIFETIME = (0.5, 4.0)
 
@@ -64,6 +66,24 @@ def crash_right_after_a_commit(stack: Stack, catalogue: Catalogue, timeout: floa
         consumer.close()
 
 
+def crash_right_after_a_publish(stack: Stack, timeout: float = 30.0) -> bool:
+    """Watch the end of `prices` and crash the worker the moment it moves: the pricing stage
+    applies its batch a few milliseconds after the broker acknowledges the publish."""
+    consumer = KafkaConsumer(bootstrap_servers=stack.settings.kafka.url)
+    tps = [TopicPartition("prices", p) for p in sorted(consumer.partitions_for_topic("prices"))]
+    try:
+        before = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = consumer.end_offsets(tps)
+            if now != before:
+                stack.crash_worker(stack.workers[0])
+                return True
+        return False
+    finally:
+        consumer.close()
+
+
 def positives(records: list[Record], catalogue: Catalogue, settings: Settings) -> int:
     """Clicks the FunkMF model learns from: valid, with an item, not a low rating."""
     validator = Validator(catalogue, settings.validation)
@@ -84,14 +104,19 @@ async def test_worker_crashes(stack: Stack, clean: Reference, catalogue: Catalog
     store = stack.store()
     stack.start_worker()
     publisher = stack.publish(records, rate=len(records) / (CRASHES * 12.0))
-    kinds = ["commit"] * AFTER_COMMIT + ["random"] * (CRASHES - AFTER_COMMIT)
+    kinds = ["commit"] * AFTER_COMMIT + ["publish"] * AFTER_PUBLISH \
+        + ["random"] * (CRASHES - AFTER_COMMIT - AFTER_PUBLISH)
     rng.shuffle(kinds)
-    injected = {"random": 0, "commit": 0}
+    injected = {"random": 0, "commit": 0, "publish": 0}
     started = time.monotonic()
     for kind in kinds:
         if kind == "commit":
             if not crash_right_after_a_commit(stack, catalogue):
                 raise AssertionError("no offset commit within 30 s to crash after")
+        elif kind == "publish":
+            time.sleep(rng.uniform(*LIFETIME))   # the new worker is publishing by then
+            if not crash_right_after_a_publish(stack):
+                raise AssertionError("no price change published within 30 s to crash after")
         else:
             time.sleep(rng.uniform(*LIFETIME))
             stack.crash_worker(stack.workers[0])
