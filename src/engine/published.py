@@ -23,8 +23,9 @@ A shard without a mark for a partition (its first batches), or whose mark lies o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import orjson
 
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 #: publishes (32 price-signals records of at most 200 signals).
 RECENT = 10_000
 
+
+#: Sends (key, value, partition or None) records to a topic, in order, and returns an
+#: awaitable of the broker's acks (the stages' ``Send``).
+Send = Callable[[str, list[tuple[bytes | None, bytes, int | None]]],
+                Awaitable[Awaitable[object]]]
 
 #: Reads a topic's partitions, each from its offset (None, or an offset outside its log: its
 #: last ``recent`` records), to the end. Returns the record values and each partition's end (the
@@ -60,7 +66,6 @@ class Published:
                  tail: Tail | None, recent: int = RECENT,
                  routes: Callable[[int], Collection[int]] | None = None) -> None:
         self.topic = topic
-        self.partitions = partitions
         #: the shard hash that keeps the marks, per output partition
         self.key = key
         self.id_field = id_field
@@ -126,10 +131,18 @@ class Published:
             metrics.REPUBLISH_SKIPPED.labels(self.topic).inc(len(records) - len(out))
         return out
 
-    def acked(self, acks: Sequence[Ack]) -> None:
-        """Note where the broker put a batch's records."""
-        for ack in acks:
-            self.ends[ack.partition] = max(self.ends.get(ack.partition, 0), ack.offset + 1)
+    async def publish(self, send: Send, records: list[tuple[bytes | None, bytes, int | None]],
+                      ids: Sequence[str]) -> int:
+        """Send the batch's records not published yet (``fresh``), wait for the broker to
+        acknowledge them and note where it put them; returns how many were sent."""
+        records = self.fresh(records, ids)
+        if records:
+            publishing = time.perf_counter()
+            acks = cast(Sequence[Ack], await (await send(self.topic, records)))
+            for ack in acks:
+                self.ends[ack.partition] = max(self.ends.get(ack.partition, 0), ack.offset + 1)
+            metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
+        return len(records)
 
     def marks(self, published: bool) -> list[Op]:
         """The ops that keep the marks, applied with the batch (see the module docstring)."""

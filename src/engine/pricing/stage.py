@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import orjson
 
@@ -35,7 +35,7 @@ from engine.core.activity import Op
 from engine.core.compose import PRICE_SIGNALS
 from engine.core.pricing import ConversionModel, PricingParams
 from engine.core.repricing import MALFORMED, ItemPricing, PricingConfig, Repricer, signals_for
-from engine.published import Ack, Published, Tail
+from engine.published import Published, Send, Tail
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ PRICES = "prices"
 #: A signal the repricer failed on (an engine bug, logged): skipped and counted.
 UNPROCESSABLE = "unprocessable"
 
-#: Sends (key, value, partition or None) records to a topic, in order, and returns an
-#: awaitable of the broker's acks.
-Send = Callable[[str, list[tuple[bytes | None, bytes, int | None]]],
-                Awaitable[Awaitable[object]]]
 
 
 #: The shard hash that keeps the stage's marks on ``prices`` (``engine.published``).
@@ -242,14 +238,11 @@ class PricingStage:
         for kind, n in sorted(stepped.items()):   # exactly once per signal (fault tests)
             out[last_offset].append(("hincrby", "pxstats", f"steps:{kind}", str(n)))
         marks.write(out, "pxsrc")
-        fresh = self.published.fresh(changes, ids)
-        if fresh:   # on the broker before the state moves on: a crash cannot lose them
-            publishing = time.perf_counter()
-            self.published.acked(cast(Sequence[Ack], await (await self.send(PRICES, fresh))))
-            metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
-            metrics.PRICE_CHANGES.inc(len(fresh))
+        # on the broker before the state moves on: a crash cannot lose them
+        sent = await self.published.publish(self.send, changes, ids)
+        metrics.PRICE_CHANGES.inc(sent)
         if last_offset >= 0:
-            out[last_offset] += self.published.marks(bool(fresh))
+            out[last_offset] += self.published.marks(sent > 0)
         return out
 
     @staticmethod

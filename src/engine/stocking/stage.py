@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
@@ -47,8 +46,8 @@ from engine.core.stocking import (
     parent_names,
     parent_rows,
 )
-from engine.pricing.stage import DUPLICATE, MALFORMED, YIELD_EVERY, Send, SourceMarks
-from engine.published import Ack, Published, Tail
+from engine.pricing.stage import DUPLICATE, MALFORMED, YIELD_EVERY, SourceMarks
+from engine.published import Published, Send, Tail
 from engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -229,13 +228,9 @@ class StockingStage:
         marks.write(out, "stsrc")
         if t_max >= 0:
             out[signals[-1][0]].append(("hsetmax", "ststats", "event_time_max", str(t_max)))
-        fresh = self.published.fresh(published, ids)
-        if fresh:   # on the broker before the state moves on: a crash cannot lose them
-            publishing = time.perf_counter()
-            acks = await (await self.send(STOCKING_SIGNALS, fresh))
-            self.published.acked(cast(Sequence[Ack], acks))
-            metrics.STAGE.labels("publish").observe(time.perf_counter() - publishing)
-        out[signals[-1][0]] += self.published.marks(bool(fresh))
+        # on the broker before the state moves on: a crash cannot lose them
+        sent = await self.published.publish(self.send, published, ids)
+        out[signals[-1][0]] += self.published.marks(sent > 0)
         return out
 
 

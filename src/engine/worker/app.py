@@ -18,7 +18,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import faust
@@ -177,6 +177,20 @@ PRICE_SIGNAL_BUFFER = 8 * PRICE_SIGNAL_RECORDS_PER_BATCH
 VIEW_HAND_OVER_S = 0.1
 
 
+async def _retrying_redis(what: str, read: Callable[[], Awaitable[object]]) -> None:
+    """An assignment's reads from Redis, retried each second while Redis is unavailable (it
+    may be restarting), up to ``RESUME_ATTEMPTS`` times."""
+    for attempt in range(RESUME_ATTEMPTS):
+        try:
+            await read()
+            return
+        except TRANSIENT_REDIS_ERRORS as exc:
+            log.warning("Redis unavailable reading %s (%s); retry %d of %d", what, exc,
+                        attempt + 1, RESUME_ATTEMPTS)
+            await asyncio.sleep(1.0)
+    raise StateError(f"Redis unavailable: cannot read {what} of the assignment")
+
+
 class Worker:
     """Wires settings, catalogue, Redis and the Faust app; owns the worker's timers."""
 
@@ -325,16 +339,7 @@ class Worker:
         mine = sorted((tp.topic, tp.partition) for tp in self.app.consumer.assignment()
                       if tp.topic in self._inputs)
         self.processor.watermarks.clear()
-        for attempt in range(RESUME_ATTEMPTS):
-            try:
-                await self.processor.load_watermarks(mine)
-                break
-            except TRANSIENT_REDIS_ERRORS as exc:
-                log.warning("Redis unavailable reading watermarks (%s); retry %d of %d", exc,
-                            attempt + 1, RESUME_ATTEMPTS)
-                await asyncio.sleep(1.0)
-        else:
-            raise StateError("Redis unavailable: cannot read the watermarks of the assignment")
+        await _retrying_redis("the watermarks", lambda: self.processor.load_watermarks(mine))
         metrics.ASSIGNED.set(len(mine))
         await self._reset_lost_logs(mine)
         await self._read_back([p for t, p in mine if t == PRICE_SIGNALS])
@@ -353,16 +358,8 @@ class Worker:
         """The item stages read back what they published after their shards' marks (both
         topics at once: assignment waits for this)."""
         shards = {p: self.store.shard(PRICE_SIGNALS, p) for p in partitions}
-        for attempt in range(RESUME_ATTEMPTS):
-            try:
-                await asyncio.gather(*(published.resume(self.store, shards)
-                                       for published in self.published))
-                return
-            except TRANSIENT_REDIS_ERRORS as exc:
-                log.warning("Redis unavailable reading the publish marks (%s); retry %d of %d",
-                            exc, attempt + 1, RESUME_ATTEMPTS)
-                await asyncio.sleep(1.0)
-        raise StateError("Redis unavailable: cannot read the publish marks of the assignment")
+        await _retrying_redis("the publish marks", lambda: asyncio.gather(
+            *(published.resume(self.store, shards) for published in self.published)))
 
     async def _reset_lost_logs(self, mine: list[tuple[str, int]]) -> None:
         """Where the broker lost a partition's log, its offsets start again, and a watermark
